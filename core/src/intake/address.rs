@@ -113,6 +113,12 @@ pub(crate) fn parse_mailbox_detailed(s: &str) -> Result<Mailbox, AddrProblem> {
     let inner = trimmed[open + 1..]
         .strip_suffix('>')
         .ok_or_else(|| problem("invalid_address", "text after the closing '>' or no '>'"))?;
+    if inner.is_empty() {
+        return Err(problem(
+            "null_address",
+            "the null address <> is not accepted here",
+        ));
+    }
     let name = parse_display_name(&trimmed[..open])?;
     Ok(Mailbox {
         name,
