@@ -91,11 +91,16 @@ pub(super) fn raw(
         SubmitError::invalid("raw", "unparseable_message", "the message could not be parsed")
     })?;
 
-    let from_header = parsed.from().ok_or_else(|| {
-        SubmitError::invalid("raw", "missing_from", "the message has no From header")
-    })?;
+    let has = |name: HeaderName<'_>| parsed.headers().iter().any(|h| h.name == name);
+    if !has(HeaderName::From) {
+        return Err(SubmitError::invalid(
+            "raw",
+            "missing_from",
+            "the message has no From header",
+        ));
+    }
     let mut from_count = 0;
-    for a in from_header.iter() {
+    for a in parsed.from().into_iter().flat_map(|f| f.iter()) {
         let addr = parse_addr_spec(a.address().unwrap_or_default()).map_err(|p| {
             SubmitError::invalid(
                 "raw",
@@ -109,7 +114,7 @@ pub(super) fn raw(
     if from_count == 0 {
         return Err(SubmitError::invalid(
             "raw",
-            "missing_from",
+            "invalid_from",
             "the From header has no address",
         ));
     }
@@ -138,7 +143,6 @@ pub(super) fn raw(
     }
     recipients.check_count(limits, to_field)?;
 
-    let has = |name: HeaderName<'_>| parsed.headers().iter().any(|h| h.name == name);
     let message_id = if has(HeaderName::MessageId) {
         let Some(mid) = parsed.message_id().filter(|m| !m.is_empty()) else {
             return Err(SubmitError::invalid(
