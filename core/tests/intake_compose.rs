@@ -81,7 +81,12 @@ fn composed_message_parses_back() {
     let from = m.from().and_then(|a| a.first()).expect("from");
     assert_eq!(from.name(), Some("Zoë Sender"));
     assert_eq!(from.address(), Some("sender@example.com"));
-    let to: Vec<_> = m.to().expect("to").iter().map(|a| (a.name(), a.address())).collect();
+    let to: Vec<_> = m
+        .to()
+        .expect("to")
+        .iter()
+        .map(|a| (a.name(), a.address()))
+        .collect();
     assert_eq!(
         to,
         vec![
@@ -92,7 +97,11 @@ fn composed_message_parses_back() {
     let cc = m.cc().and_then(|a| a.first()).expect("cc");
     assert_eq!(cc.address(), Some("carol@example.org"));
     assert!(m.bcc().is_none(), "never a Bcc header");
-    assert!(!String::from_utf8_lossy(&wire).to_lowercase().contains("secret@"));
+    assert!(
+        !String::from_utf8_lossy(&wire)
+            .to_lowercase()
+            .contains("secret@")
+    );
     let reply = m.reply_to().and_then(|a| a.first()).expect("reply-to");
     assert_eq!(reply.name(), Some("Help Desk"));
     assert_eq!(m.subject(), Some("Grüße aus Köln — your order #42"));
@@ -106,7 +115,8 @@ fn composed_message_parses_back() {
     assert_eq!(p.message_id_header, mid);
     assert_eq!(m.header_raw("MIME-Version").map(str::trim), Some("1.0"));
     assert_eq!(
-        m.header_raw("List-Unsubscribe").map(|v| v.trim().replace("\r\n", "")),
+        m.header_raw("List-Unsubscribe")
+            .map(|v| v.trim().replace("\r\n", "")),
         Some(
             "<https://example.com/unsubscribe/0123456789abcdef0123456789abcdef0123456789abcdef>"
                 .to_string()
@@ -224,7 +234,10 @@ fn request_hash_covers_content_only() {
 #[test]
 fn idn_and_utf8_addresses() {
     let p = prep(ComposeRequest {
-        to: vec!["Jörg <jörg@bücher.example>".into(), "user@XN--BCHER-KVA.example".into()],
+        to: vec![
+            "Jörg <jörg@bücher.example>".into(),
+            "user@XN--BCHER-KVA.example".into(),
+        ],
         cc: vec![],
         bcc: vec![],
         ..full()
@@ -304,7 +317,10 @@ fn assert_wire_lines(spool: &[u8]) {
     assert!(spool.ends_with(b"\r\n"));
     let mut rest = spool;
     while !rest.is_empty() {
-        let nl = rest.iter().position(|&b| b == b'\n').expect("terminated line");
+        let nl = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("terminated line");
         assert!(nl >= 1 && rest[nl - 1] == b'\r', "bare LF");
         assert!(!rest[..nl - 1].contains(&b'\r'), "bare CR");
         assert!(nl - 1 <= 998, "line of {} octets", nl - 1);

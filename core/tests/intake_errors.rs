@@ -337,7 +337,11 @@ fn refusals_table() {
         // Raw.
         (
             "raw without From",
-            raw("sender@example.com", &["r@example.org"], b"Subject: x\r\n\r\nbody\r\n"),
+            raw(
+                "sender@example.com",
+                &["r@example.org"],
+                b"Subject: x\r\n\r\nbody\r\n",
+            ),
             Invalid,
             "missing_from",
             Some("raw"),
@@ -366,7 +370,11 @@ fn refusals_table() {
         ),
         (
             "raw with an overlong line",
-            raw("sender@example.com", &["r@example.org"], long_line.as_bytes()),
+            raw(
+                "sender@example.com",
+                &["r@example.org"],
+                long_line.as_bytes(),
+            ),
             Invalid,
             "line_too_long",
             Some("raw"),
@@ -395,21 +403,33 @@ fn refusals_table() {
         ),
         (
             "raw with no recipients",
-            raw("sender@example.com", &[], b"From: a@example.com\r\n\r\nbody\r\n"),
+            raw(
+                "sender@example.com",
+                &[],
+                b"From: a@example.com\r\n\r\nbody\r\n",
+            ),
             Invalid,
             "no_recipients",
             Some("to"),
         ),
         (
             "raw with a null envelope sender",
-            raw("<>", &["r@example.org"], b"From: a@example.com\r\n\r\nbody\r\n"),
+            raw(
+                "<>",
+                &["r@example.org"],
+                b"From: a@example.com\r\n\r\nbody\r\n",
+            ),
             Invalid,
             "null_address",
             Some("from"),
         ),
         (
             "raw oversize",
-            raw("sender@example.com", &["r@example.org"], &vec![b'a'; 10_001]),
+            raw(
+                "sender@example.com",
+                &["r@example.org"],
+                &vec![b'a'; 10_001],
+            ),
             TooLarge,
             "message_too_large",
             None,
@@ -430,11 +450,14 @@ fn refusals_table() {
                 if e.field.iter().any(|f| f.chars().any(char::is_control)) {
                     failures.push(format!("{what}: control character in field {e:?}"));
                 }
-                assert_eq!(e.kind.http_status(), match kind {
-                    Invalid => 422,
-                    Forbidden => 403,
-                    _ => 413,
-                });
+                assert_eq!(
+                    e.kind.http_status(),
+                    match kind {
+                        Invalid => 422,
+                        Forbidden => 403,
+                        _ => 413,
+                    }
+                );
             }
         }
     }
@@ -457,5 +480,8 @@ fn smtp_envelope_fields_are_named_for_smtp() {
         b"From: a@example.com\r\n\r\nbody\r\n",
     );
     let e = prepare(&s, MessageId(7), Time(0), &LIMITS).expect_err("refused");
-    assert_eq!((e.kind, e.field.as_deref()), (SubmitErrorKind::Forbidden, Some("mail_from")));
+    assert_eq!(
+        (e.kind, e.field.as_deref()),
+        (SubmitErrorKind::Forbidden, Some("mail_from"))
+    );
 }

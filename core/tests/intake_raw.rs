@@ -16,7 +16,12 @@ const LIMITS: IntakeLimits = IntakeLimits {
 const NOW: Time = Time(1_795_633_268_123);
 const ID: MessageId = MessageId(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
 
-fn submit(mail_from: &str, rcpt: &[&str], data: &[u8], smtputf8: bool) -> Result<PreparedMessage, SubmitError> {
+fn submit(
+    mail_from: &str,
+    rcpt: &[&str],
+    data: &[u8],
+    smtputf8: bool,
+) -> Result<PreparedMessage, SubmitError> {
     let s = Submission {
         request: RequestId(1),
         tenant: TenantId(1),
@@ -45,7 +50,12 @@ fn normalizes_and_completes_headers() {
     let data = b"From: App <app@Example.COM>\nTo: a@example.org, B@Example.org\nCc: c@example.org\nBcc: hidden@example.org,\n  other@example.org\nSubject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\n\n.leading dot\rbare cr\nend";
     let p = ok(
         data,
-        &["a@example.org", "b@example.org", "c@example.org", "hidden@example.org"],
+        &[
+            "a@example.org",
+            "b@example.org",
+            "c@example.org",
+            "hidden@example.org",
+        ],
     );
     let wire = unstuff(&p.spool);
     let s = String::from_utf8(wire.clone()).expect("ascii");
@@ -56,7 +66,10 @@ fn normalizes_and_completes_headers() {
         )),
         "{s}"
     );
-    assert!(!s.to_lowercase().contains("hidden@"), "Bcc header removed: {s}");
+    assert!(
+        !s.to_lowercase().contains("hidden@"),
+        "Bcc header removed: {s}"
+    );
     assert!(!s.contains("other@"), "folded Bcc lines removed too: {s}");
     assert!(s.ends_with("\r\n.leading dot\r\nbare cr\r\nend\r\n"), "{s}");
     assert!(p.spool.windows(16).any(|w| w == b"\r\n..leading dot\r"));
@@ -78,7 +91,18 @@ fn normalizes_and_completes_headers() {
     let m = MessageParser::default().parse(&wire).expect("parses");
     assert_eq!(m.subject(), Some("Grüße"));
     assert!(m.bcc().is_none());
-    assert_eq!(p, ok(data, &["a@example.org", "b@example.org", "c@example.org", "hidden@example.org"]));
+    assert_eq!(
+        p,
+        ok(
+            data,
+            &[
+                "a@example.org",
+                "b@example.org",
+                "c@example.org",
+                "hidden@example.org"
+            ]
+        )
+    );
 }
 
 #[test]
@@ -105,18 +129,36 @@ fn eight_bit_and_smtputf8() {
     let p = ok(b"From: app@example.com\r\n\r\nx\r\n", &["jörg@example.org"]);
     assert!(p.smtputf8 && !p.eight_bit);
 
-    let p = submit("app@example.com", &["r@example.org"], b"From: app@example.com\r\n\r\nx\r\n", true)
-        .expect("ok");
+    let p = submit(
+        "app@example.com",
+        &["r@example.org"],
+        b"From: app@example.com\r\n\r\nx\r\n",
+        true,
+    )
+    .expect("ok");
     assert!(p.smtputf8);
 }
 
 #[test]
 fn envelope_and_header_checks() {
-    let e = submit("app@example.com", &["r@example.org"], b"From: <>\r\n\r\nx\r\n", false)
-        .expect_err("refused");
-    assert_eq!((e.code.as_str(), e.field.as_deref()), ("invalid_from", Some("raw")));
-    let e = submit("app@example.com", &["r@example.org"], b"From: Undisclosed:;\r\n\r\nx\r\n", false)
-        .expect_err("refused");
+    let e = submit(
+        "app@example.com",
+        &["r@example.org"],
+        b"From: <>\r\n\r\nx\r\n",
+        false,
+    )
+    .expect_err("refused");
+    assert_eq!(
+        (e.code.as_str(), e.field.as_deref()),
+        ("invalid_from", Some("raw"))
+    );
+    let e = submit(
+        "app@example.com",
+        &["r@example.org"],
+        b"From: Undisclosed:;\r\n\r\nx\r\n",
+        false,
+    )
+    .expect_err("refused");
     assert_eq!(e.field.as_deref(), Some("raw"));
     let e = submit(
         "app@example.com",
@@ -128,12 +170,26 @@ fn envelope_and_header_checks() {
     assert_eq!(e.kind, SubmitErrorKind::Forbidden);
     let many: Vec<String> = (0..11).map(|i| format!("r{i}@example.org")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let e = submit("app@example.com", &many, b"From: a@example.com\r\n\r\nx\r\n", false)
-        .expect_err("refused");
-    assert_eq!((e.code.as_str(), e.field.as_deref()), ("too_many_recipients", Some("rcpt_to")));
+    let e = submit(
+        "app@example.com",
+        &many,
+        b"From: a@example.com\r\n\r\nx\r\n",
+        false,
+    )
+    .expect_err("refused");
+    assert_eq!(
+        (e.code.as_str(), e.field.as_deref()),
+        ("too_many_recipients", Some("rcpt_to"))
+    );
     // Duplicates count once.
     let dup = ["r@example.org", "R@EXAMPLE.ORG", "<r@example.org>"];
-    let p = submit("app@example.com", &dup, b"From: a@example.com\r\n\r\nx\r\n", false).expect("ok");
+    let p = submit(
+        "app@example.com",
+        &dup,
+        b"From: a@example.com\r\n\r\nx\r\n",
+        false,
+    )
+    .expect("ok");
     assert_eq!(p.recipients.len(), 1);
 }
 

@@ -199,7 +199,9 @@ fn is_atext(c: char) -> bool {
 }
 
 fn is_dot_atom(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|a| !a.is_empty() && a.chars().all(is_atext))
+    !s.is_empty()
+        && s.split('.')
+            .all(|a| !a.is_empty() && a.chars().all(is_atext))
 }
 
 pub(crate) fn parse_addr_spec(s: &str) -> Result<Address, AddrProblem> {
@@ -435,12 +437,18 @@ mod tests {
         assert_eq!(code("abc"), "invalid_address");
         assert_eq!(code("a@-b.com"), "invalid_domain");
         assert_eq!(code("a@b_c.com"), "invalid_domain");
-        assert_eq!(code(&format!("{}@b.com", "x".repeat(65))), "local_part_too_long");
+        assert_eq!(
+            code(&format!("{}@b.com", "x".repeat(65))),
+            "local_part_too_long"
+        );
         assert_eq!(code(&format!("a@{}.com", "x".repeat(64))), "label_too_long");
         let long_domain = vec!["abcdefghi"; 26].join(".");
         assert_eq!(code(&format!("a@{long_domain}")), "domain_too_long");
         let domain = vec!["abcdefghi"; 20].join("."); // 199 octets: 64 + 1 + 199 > 254
-        assert_eq!(code(&format!("{}@{domain}", "x".repeat(64))), "address_too_long");
+        assert_eq!(
+            code(&format!("{}@{domain}", "x".repeat(64))),
+            "address_too_long"
+        );
         assert_eq!(code("a\"b@c.com"), "invalid_local_part");
         assert_eq!(code("\"a\"b\"@c.com"), "invalid_local_part");
         assert_eq!(code("a(b)@c.com"), "invalid_local_part");

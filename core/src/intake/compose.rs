@@ -153,7 +153,8 @@ pub(super) fn compose(
         ));
     }
     for (i, tag) in req.tags.iter().enumerate() {
-        let ok = (1..=MAX_TAG_LEN).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_graphic());
+        let ok =
+            (1..=MAX_TAG_LEN).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             return Err(SubmitError::invalid(
                 &format!("tags[{i}]"),
@@ -196,10 +197,8 @@ pub(super) fn compose(
             let (html_enc, html_body) = encode::body(html);
             let boundary = boundary(id, &[&text_body, &html_body]);
             message.extend_from_slice(
-                format!(
-                    "Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n"
-                )
-                .as_bytes(),
+                format!("Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n")
+                    .as_bytes(),
             );
             for (ctype, enc, body) in [
                 ("text/plain", text_enc, text_body),

@@ -154,7 +154,9 @@ pub fn phrase(line: &mut HeaderLine, name: &str) {
     let words: Vec<&str> = name.split(' ').filter(|w| !w.is_empty()).collect();
     let plain = name.is_ascii()
         && !name.contains("=?")
-        && words.iter().all(|w| w.len() <= 60 && w.chars().all(is_atom_char));
+        && words
+            .iter()
+            .all(|w| w.len() <= 60 && w.chars().all(is_atom_char));
     if plain {
         for w in words {
             line.token(w);
@@ -246,11 +248,11 @@ const QP_LINE: usize = 76;
 /// characters besides TAB, quoted-printable otherwise. The result ends with CRLF.
 pub fn body(text: &str) -> (BodyEncoding, Vec<u8>) {
     let normalized = crlf(text.as_bytes());
-    let plain = normalized.iter().all(|&b| {
-        b == b'\r' || b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b)
-    }) && lines(&normalized).all(|l| {
-        l.len() <= QP_LINE && !l.ends_with(b" ") && !l.ends_with(b"\t")
-    });
+    let plain = normalized
+        .iter()
+        .all(|&b| b == b'\r' || b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b))
+        && lines(&normalized)
+            .all(|l| l.len() <= QP_LINE && !l.ends_with(b" ") && !l.ends_with(b"\t"));
     if plain {
         let mut out = normalized;
         if !out.ends_with(b"\r\n") {

@@ -96,7 +96,11 @@ pub fn prepare(
 pub fn mint_message_id(id: MessageId, tenant_domain: &str) -> String {
     let id = id.to_string();
     let bare = id.strip_prefix(MessageId::PREFIX).unwrap_or(&id);
-    format!("{}@{}", bare.to_ascii_lowercase(), tenant_ascii_domain(tenant_domain))
+    format!(
+        "{}@{}",
+        bare.to_ascii_lowercase(),
+        tenant_ascii_domain(tenant_domain)
+    )
 }
 
 /// The tenant's domain in A-label form (it should already be, but a Unicode spelling must

@@ -21,8 +21,8 @@ use mail_parser::{HeaderName, MessageParser};
 use super::address::{AddrProblem, parse_addr_spec};
 use super::encode::{self, HARD_LIMIT};
 use super::{
-    IntakeLimits, PreparedMessage, Recipients, check_tenant_domain, envelope_fields,
-    finish_wire, invalid, mint_message_id, too_large, wire,
+    IntakeLimits, PreparedMessage, Recipients, check_tenant_domain, envelope_fields, finish_wire,
+    invalid, mint_message_id, too_large, wire,
 };
 use crate::ids::MessageId;
 use crate::io::{Submission, SubmitError};
@@ -88,7 +88,11 @@ pub(super) fn raw(
     }
 
     let parsed = MessageParser::default().parse(&normalized).ok_or_else(|| {
-        SubmitError::invalid("raw", "unparseable_message", "the message could not be parsed")
+        SubmitError::invalid(
+            "raw",
+            "unparseable_message",
+            "the message could not be parsed",
+        )
     })?;
 
     let has = |name: HeaderName<'_>| parsed.headers().iter().any(|h| h.name == name);
@@ -156,7 +160,10 @@ pub(super) fn raw(
         (mint_message_id(id, &sub.tenant_domain), true)
     };
     let add_date = !has(HeaderName::Date);
-    let subject = sanitize::cut(parsed.subject().unwrap_or_default(), sanitize::MAX_REMOTE_TEXT);
+    let subject = sanitize::cut(
+        parsed.subject().unwrap_or_default(),
+        sanitize::MAX_REMOTE_TEXT,
+    );
     let mut bcc_ranges: Vec<(usize, usize)> = parsed
         .headers()
         .iter()
@@ -205,4 +212,3 @@ pub(super) fn raw(
         request_hash: String::new(),
     })
 }
-

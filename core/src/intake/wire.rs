@@ -32,7 +32,10 @@ pub fn unstuff(wire: &[u8]) -> Vec<u8> {
 
 /// The length of the longest line (without its CRLF) of CRLF text.
 pub fn longest_line(text: &[u8]) -> usize {
-    super::encode::lines(text).map(<[u8]>::len).max().unwrap_or(0)
+    super::encode::lines(text)
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -41,7 +44,10 @@ mod tests {
 
     #[test]
     fn stuffs_line_starts_only() {
-        assert_eq!(dot_stuff(b".a\r\nb.\r\n..c\r\n."), b"..a\r\nb.\r\n...c\r\n..");
+        assert_eq!(
+            dot_stuff(b".a\r\nb.\r\n..c\r\n."),
+            b"..a\r\nb.\r\n...c\r\n.."
+        );
         assert_eq!(dot_stuff(b"a\n.b"), b"a\n.b");
         assert_eq!(unstuff(&dot_stuff(b".\r\n.\r\n")), b".\r\n.\r\n");
         assert_eq!(longest_line(b"abc\r\nde\r\n"), 3);
