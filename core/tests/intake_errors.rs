@@ -485,3 +485,38 @@ fn smtp_envelope_fields_are_named_for_smtp() {
         (SubmitErrorKind::Forbidden, Some("mail_from"))
     );
 }
+
+mod never_panics {
+    use super::*;
+    use outpost_core::intake::{parse_address, parse_mailbox};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any string either fails cleanly or gives an address whose envelope form parses
+        /// back to the same address and carries no control character or line break.
+        #[test]
+        fn addresses(s in "(\\PC|[\"\\\\<>@. \r\n\0\\[\\]]|xn--){0,80}") {
+            let _ = parse_mailbox(&s);
+            if let Ok(a) = parse_address(&s) {
+                let env = a.envelope();
+                prop_assert!(!env.chars().any(char::is_control));
+                prop_assert!(env.len() <= 254);
+                prop_assert_eq!(parse_address(&env).ok(), Some(a));
+            }
+        }
+
+        #[test]
+        fn raw_bytes(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut with_from = b"From: a@example.com\r\n".to_vec();
+            with_from.extend_from_slice(&data);
+            for d in [data.clone(), with_from] {
+                let r = prepare(&sub(raw("a@example.com", &["r@example.org"], &d)), MessageId(1), Time(0), &LIMITS);
+                if let Err(e) = r {
+                    prop_assert!(!e.message.chars().any(char::is_control));
+                }
+            }
+        }
+    }
+}
