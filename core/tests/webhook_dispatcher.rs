@@ -672,6 +672,22 @@ fn restore_resumes_pending_deliveries() {
         WebhookDeliveryState::Failed,
         "72 h since its first attempt"
     );
+
+    // A failed row handed to restore is not posted, but can be retried by hand.
+    let e3 = event(3, 1, EventKind::Failed);
+    let mut failed = pending(&e3, ep(1), 41, t, t);
+    failed.delivery.state = WebhookDeliveryState::Failed;
+    failed.delivery.next_attempt_at = None;
+    let mut d = WebhookDispatcher::new(config(), DispatcherSettings::default());
+    d.restore(vec![record(ep(1), 1)], vec![failed], t);
+    assert_eq!(d.pending_len(), 0);
+    assert_eq!(d.next_due(), None);
+    let out = d
+        .retry_delivery(TenantId(1), ep(1), e3.id, t)
+        .expect("retried");
+    assert_eq!(delivery_op(&out.ops).attempts, 41);
+    let p = drain(&mut d, t, &mut ids);
+    assert_eq!((p.len(), p[0].attempt), (1, 42));
 }
 
 #[test]

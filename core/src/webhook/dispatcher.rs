@@ -170,7 +170,8 @@ impl WebhookDispatcher {
     /// Replaces all state with what the store recovered. Pending deliveries of unknown
     /// endpoints (or whose rows do not match their event) are ignored; the rest are due at
     /// their `next_attempt_at` (or `now`). Posts in flight before a restart are simply
-    /// due again.
+    /// due again. Rows in state `Failed` or `Delivered`, if the store hands any, are not
+    /// posted but remembered (bounded) so that `retry_delivery` can re-send them.
     pub fn restore(
         &mut self,
         endpoints: Vec<EndpointRecord>,
@@ -190,19 +191,27 @@ impl WebhookDispatcher {
         // One shared copy of each event.
         let mut events: BTreeMap<u64, Arc<EventRecord>> = BTreeMap::new();
         for PendingDelivery { delivery, event } in pending {
-            if delivery.state != WebhookDeliveryState::Pending || !row_matches(&delivery, &event) {
+            if !row_matches(&delivery, &event) {
                 continue;
             }
             let Some(ep) = self.endpoints.get(&delivery.endpoint) else {
                 continue;
             };
-            if ep.record.tenant != delivery.tenant {
+            if ep.record.tenant != delivery.tenant
+                || self
+                    .deliveries
+                    .contains_key(&(delivery.endpoint, event.seq))
+            {
                 continue;
             }
             let event = events
                 .entry(event.seq)
                 .or_insert_with(|| Arc::new(event))
                 .clone();
+            if delivery.state != WebhookDeliveryState::Pending {
+                self.remember_finished(delivery.endpoint, event, delivery.attempts);
+                continue;
+            }
             let round_started = (delivery.attempts > 0).then(|| {
                 delivery
                     .updated_at
@@ -490,10 +499,10 @@ impl WebhookDispatcher {
         id: EndpointId,
     ) -> Result<AdminOutcome, AdminError> {
         self.endpoint(tenant, id).ok_or(AdminError::NotFound)?;
-        if let Some(ep) = self.endpoints.remove(&id) {
-            if let Some(t) = ep.wake_at {
-                self.wake.remove(&(t, id));
-            }
+        if let Some(ep) = self.endpoints.remove(&id)
+            && let Some(t) = ep.wake_at
+        {
+            self.wake.remove(&(t, id));
         }
         self.by_tenant.remove(&(tenant, id));
         self.runnable.remove(&id);
@@ -568,10 +577,11 @@ impl WebhookDispatcher {
 
     /// Sends `event` to the endpoint again, due now, with a fresh retry round (the
     /// schedule and `give_up_after` start over; attempt numbers continue). Works for a
-    /// pending delivery, and for a delivered or failed one the dispatcher still remembers
-    /// (the last [`DispatcherSettings::retained_deliveries`], since start-up) or whose event
-    /// is pending for another endpoint. Otherwise `NotFound`: the engine can then supply
-    /// the event itself with [`Self::retry_delivery_with`].
+    /// pending delivery, and for a delivered or failed one the dispatcher remembers: the
+    /// last [`DispatcherSettings::retained_deliveries`] finished since start-up, plus the
+    /// finished rows handed to `restore`. Otherwise `NotFound` (the attempts made so far
+    /// are unknown, and attempt numbers must not repeat): the engine can then supply the
+    /// event and the row's attempt count itself with [`Self::retry_delivery_with`].
     pub fn retry_delivery(
         &mut self,
         tenant: TenantId,
@@ -590,23 +600,11 @@ impl WebhookDispatcher {
         if let Some(ev) = pending {
             return self.retry_delivery_with(tenant, endpoint, ev, 0, now);
         }
-        if let Some(f) = self.finished.get(&(event, endpoint)) {
-            let (ev, attempts) = (f.event.clone(), f.attempts);
-            return self.retry_delivery_with(tenant, endpoint, ev, attempts, now);
-        }
-        let known = self
-            .finished
-            .range((event, EndpointId(0))..=(event, EndpointId(u128::MAX)))
-            .map(|(_, f)| f.event.clone())
-            .next()
-            .or_else(|| {
-                self.deliveries
-                    .values()
-                    .find(|d| d.event.id == event)
-                    .map(|d| d.event.clone())
-            });
-        match known {
-            Some(ev) => self.retry_delivery_with(tenant, endpoint, ev, 0, now),
+        match self.finished.get(&(event, endpoint)) {
+            Some(f) => {
+                let (ev, attempts) = (f.event.clone(), f.attempts);
+                self.retry_delivery_with(tenant, endpoint, ev, attempts, now)
+            }
             None => Err(AdminError::NotFound),
         }
     }
@@ -641,10 +639,10 @@ impl WebhookDispatcher {
                 d.round_base = attempts;
                 d.round_started = None;
                 d.due = now;
-                if let Some(ep) = self.endpoints.get_mut(&endpoint) {
-                    if ep.waiting.remove(&(old_due, event.seq)) {
-                        ep.waiting.insert((now, event.seq));
-                    }
+                if let Some(ep) = self.endpoints.get_mut(&endpoint)
+                    && ep.waiting.remove(&(old_due, event.seq))
+                {
+                    ep.waiting.insert((now, event.seq));
                 }
                 self.refresh(endpoint);
                 attempts
@@ -741,10 +739,10 @@ impl WebhookDispatcher {
             wake_at: None,
         };
         // Replacing an endpoint record (restore of a duplicate) keeps no queue state.
-        if let Some(old) = self.endpoints.insert(id, state) {
-            if let Some(t) = old.wake_at {
-                self.wake.remove(&(t, id));
-            }
+        if let Some(old) = self.endpoints.insert(id, state)
+            && let Some(t) = old.wake_at
+        {
+            self.wake.remove(&(t, id));
         }
     }
 

@@ -87,7 +87,7 @@ pub fn live_secrets(secrets: &[WebhookSecret], now: Time) -> Vec<&WebhookSecret>
         .filter(|s| s.expires_at.is_none_or(|e| e > now))
         .collect();
     // Stable: equal creation times keep the record's (newest-first) order.
-    live.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    live.sort_by_key(|s| core::cmp::Reverse(s.created_at));
     live
 }
 
