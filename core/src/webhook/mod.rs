@@ -24,6 +24,23 @@
 //!
 //! Delivery semantics: at least once. A POST in flight at a crash is sent again after
 //! restart (same `webhook-id`, so receivers can deduplicate).
+//!
+//! Retries: after the k-th failed attempt of a round the next is `retry_schedule[k-1]`
+//! later, then every `retry_every`; when the next attempt would fall later than
+//! `give_up_after` after the round's first attempt, the delivery is `Failed` (the row is
+//! kept for replay; the dispatcher forgets it but for a bounded cache of finished
+//! deliveries). With the defaults: 41 attempts, the last 71h21m30s after the first.
+//! `retry_delivery` starts a new round (attempt numbers continue). After a restart the
+//! round start is rebuilt from `updated_at` minus the schedule up to `attempts`.
+//!
+//! `retry_delivery` needs the event and the attempts made so far, which the dispatcher
+//! knows for pending deliveries, for the last `retained_deliveries` finished since
+//! start-up, and for finished rows handed to `restore`; otherwise it answers `NotFound`
+//! and the caller may use `retry_delivery_with(.., event, attempts, ..)`.
+//!
+//! URL checks are syntactic ([`validate_url`]): a host *name* resolving to a private
+//! address must be refused by the shell after DNS resolution (unless private targets are
+//! allowed); redirects should not be followed (a 3xx counts as a failure here).
 
 mod dispatcher;
 mod sign;
