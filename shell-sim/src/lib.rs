@@ -38,6 +38,9 @@ pub struct Options {
     pub tail: usize,
     /// Engine inputs before the run is declared stuck.
     pub max_steps: u64,
+    /// Keys of known findings (see FINDINGS.md) to count instead of failing on, so that a
+    /// run can look past them for other bugs.
+    pub allow: Vec<String>,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             trace: false,
             tail: 0,
             max_steps: 20_000_000,
+            allow: Vec::new(),
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct Summary {
     pub steps: u64,
     /// Hash of every input and output of the run (XOR-combined over seeds).
     pub digest: u64,
+    /// Allowed findings seen, by key.
+    pub allowed: std::collections::BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -115,6 +121,9 @@ impl Summary {
         self.webhooks_failed += o.webhooks_failed;
         self.steps += o.steps;
         self.digest ^= o.digest;
+        for (k, n) in &o.allowed {
+            *self.allowed.entry(k.clone()).or_default() += n;
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use outpost_sim::{Failure, Options, PANIC_LOCATION, Summary, run_seed};
 
-const USAGE: &str = "usage: outpost-sim [--seeds N] [--from S] [--seed S [--trace]] [--messages M] [--domains D] [--tenants T] [--crashes C] [--faults 0-3] [--active-secs S] [--threads N] [--no-admin] [--no-jumps] [--verbose]";
+const USAGE: &str = "usage: outpost-sim [--seeds N] [--from S] [--seed S [--trace]] [--messages M] [--domains D] [--tenants T] [--crashes C] [--faults 0-3] [--active-secs S] [--threads N] [--no-admin] [--no-jumps] [--allow KEY]... [--verbose]";
 
 struct Args {
     seeds: u64,
@@ -51,6 +51,10 @@ fn parse() -> Result<Args, String> {
             "--no-admin" => a.opts.admin = false,
             "--no-jumps" => a.opts.jumps = false,
             "--verbose" => a.verbose = true,
+            "--allow" => a
+                .opts
+                .allow
+                .push(it.next().ok_or("--allow needs a finding key")?),
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -209,6 +213,9 @@ fn describe(s: &Summary) -> String {
         s.webhooks_failed,
         s.steps
     );
+    if !s.allowed.is_empty() {
+        out.push_str(&format!("; allowed findings: {:?}", s.allowed));
+    }
     if s.valid_refused > 0 {
         out.push_str(&format!(
             "; valid-looking submissions refused by intake: {} (e.g. {})",
