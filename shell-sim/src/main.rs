@@ -196,7 +196,7 @@ fn main() -> ExitCode {
 
 fn describe(s: &Summary) -> String {
     let mut out = format!(
-        "messages {} recipients {} (delivered {} bounced {} failed {} suppressed {}), rejected submissions {}, crashes {}, faults {}, events {}, duplicates across crashes {}, after timeouts {}, guard refusals {}, webhook deliveries failed {}, engine steps {}",
+        "acknowledged messages {} recipients {} (final statuses in the store: delivered {} bounced {} failed {} suppressed {}), rejected submissions {}, crashes {}, faults {}, events {}, duplicates across crashes {}, after timeouts {}, guard refusals {}, webhook deliveries failed {}, engine steps {}",
         s.messages,
         s.recipients,
         s.delivered,

@@ -121,6 +121,12 @@ struct Conn {
     mail_at: Time,
     txn_base: Time,
     body: Option<MessageId>,
+    connect_at: Time,
+    last_rx: Time,
+    txns: u32,
+    /// When the engine last chose what to send: the Connect for the first transaction,
+    /// the last reply read before MAIL for later ones.
+    decided_at: Time,
 }
 
 struct Inflight {
@@ -579,6 +585,7 @@ impl Sim {
                     return Ok(());
                 };
                 c.server.outstanding = c.server.outstanding.saturating_sub(replies);
+                c.last_rx = self.now;
                 if let Some(tok) = accept {
                     let epoch = self.epoch;
                     for key in self.accept_tokens.remove(&tok).unwrap_or_default() {
@@ -766,6 +773,8 @@ impl Sim {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.tenant = t;
                         c.mail_at = self.now;
+                        c.decided_at = if c.txns == 0 { c.connect_at } else { c.last_rx };
+                        c.txns += 1;
                     }
                 }
                 Act::RcptSeen(to) => self.check_rcpt(conn, &to)?,
@@ -865,15 +874,34 @@ impl Sim {
             return Ok(());
         };
         let key = (tenant, to.to_ascii_lowercase());
-        if let Some(known) = self.supp_known.get(&key) {
-            let picked = self.sending_emitted.get(&key).copied().unwrap_or(c.mail_at);
-            let reference = c.txn_base.max(picked.min(c.mail_at));
-            if *known < reference {
-                return v(
+        if let Some(&known) = self.supp_known.get(&key) {
+            let (decided, mail_at) = (c.decided_at, c.mail_at);
+            if known < decided {
+                return self.soft(
+                    "suppression-not-rechecked",
                     "5 suppression",
                     format!(
-                        "RCPT TO:<{to}> for tenant {} on c{}: the address was suppressed (persisted and acknowledged) at {:?}, before this transaction started at {:?}",
-                        tenant.0, conn.0, known, reference
+                        "RCPT TO:<{to}> for tenant {} on c{}: suppressed (durable, acknowledged) at {}, before the engine chose this transaction ({}: {}); MAIL FROM at {}",
+                        tenant.0,
+                        conn.0,
+                        known.rfc3339(),
+                        if c.txns <= 1 { "Connect" } else { "last reply before MAIL" },
+                        decided.rfc3339(),
+                        mail_at.rfc3339()
+                    ),
+                );
+            }
+            if known < mail_at {
+                return self.soft(
+                    "suppression-race",
+                    "5 suppression",
+                    format!(
+                        "RCPT TO:<{to}> for tenant {} on c{}: suppressed (durable, acknowledged) at {}, after the engine chose the transaction ({}) but before MAIL FROM ({}): not re-checked at transaction start",
+                        tenant.0,
+                        conn.0,
+                        known.rfc3339(),
+                        decided.rfc3339(),
+                        mail_at.rfc3339()
                     ),
                 );
             }
@@ -1404,23 +1432,25 @@ impl Sim {
         if let Some(b) = self.breaker_view(&dname) {
             match b.state.as_str() {
                 "open" if b.forced || b.opened_at.is_some_and(|t| t < self.now) => {
-                    return v(
+                    self.soft(
+                        "breaker-open-connect",
                         "4 breaker",
                         format!(
                             "Connect c{} to {dname} while its breaker is open: {}",
                             conn.0, b.explanation
                         ),
-                    );
+                    )?;
                 }
                 "half_open" => {
                     if self.probes_per_domain[d] >= 1 {
-                        return v(
+                        self.soft(
+                            "breaker-half-open-extra",
                             "4 breaker",
                             format!(
                                 "Connect c{} to {dname}: a second connection while half-open ({})",
                                 conn.0, b.explanation
                             ),
-                        );
+                        )?;
                     }
                     probe = true;
                 }
@@ -1456,6 +1486,10 @@ impl Sim {
                 mail_at: self.now,
                 txn_base: self.now,
                 body: None,
+                connect_at: self.now,
+                last_rx: self.now,
+                txns: 0,
+                decided_at: self.now,
             },
         );
         let b = &self.topo.domains[d].b;
@@ -2259,19 +2293,22 @@ impl Sim {
                 return v("2 terminal is forever", format!("{}#{}: {e}", k.0, k.1));
             }
         }
+        let mut orphaned = Vec::new();
         for d in self.store.deliveries.values() {
             if self.deleted_endpoints.contains(&d.endpoint) {
                 continue;
             }
             match d.state {
                 outpost_core::model::WebhookDeliveryState::Pending => {
-                    return v(
-                        "3 webhooks",
-                        format!(
-                            "delivery of {} to {} still pending after the drain (attempts {}, next {:?})",
-                            d.event, d.endpoint, d.attempts, d.next_attempt_at
-                        ),
+                    let detail = format!(
+                        "delivery of {} to {} still pending after the drain (attempts {}, next {:?})",
+                        d.event, d.endpoint, d.attempts, d.next_attempt_at
                     );
+                    if self.store.endpoints.contains_key(&d.endpoint) {
+                        return v("3 webhooks", detail);
+                    }
+                    // Rows of an endpoint the store never had (E6 in FINDINGS.md).
+                    orphaned.push(format!("{detail}; the endpoint is not in the store"));
                 }
                 outpost_core::model::WebhookDeliveryState::Delivered => {
                     if !self.posted_ok.contains(&(d.endpoint, d.event)) {
@@ -2286,6 +2323,9 @@ impl Sim {
                 }
                 outpost_core::model::WebhookDeliveryState::Failed => self.sum.webhooks_failed += 1,
             }
+        }
+        for detail in orphaned {
+            self.soft("endpoint-after-failed-write", "3 webhooks", detail)?;
         }
         // Invariant 5: 5.1.1 user unknown bounces and suppresses, for its tenant only.
         for a in &self.store.attempts {
