@@ -28,6 +28,9 @@ use http::ApiError;
 /// Decides whether a tenant's request may proceed now (false: HTTP 429).
 pub type RateLimiter = Arc<dyn Fn(TenantId) -> bool + Send + Sync>;
 
+/// Renders the Prometheus text exposition for `GET /metrics`.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// API settings.
 #[derive(Clone)]
 pub struct ApiSettings {
@@ -39,6 +42,8 @@ pub struct ApiSettings {
     pub workers: usize,
     /// Rate limiting hook (none by default).
     pub rate_limiter: Option<RateLimiter>,
+    /// `GET /metrics` (unauthenticated, like /healthz); 404 when `None`.
+    pub metrics: Option<MetricsRenderer>,
 }
 
 impl Default for ApiSettings {
@@ -48,6 +53,7 @@ impl Default for ApiSettings {
             allow_private_webhooks: false,
             workers: 4,
             rate_limiter: None,
+            metrics: None,
         }
     }
 }
@@ -59,6 +65,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("allow_private_webhooks", &self.allow_private_webhooks)
             .field("workers", &self.workers)
             .field("rate_limiter", &self.rate_limiter.is_some())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -177,23 +184,30 @@ fn worker(server: &tiny_http::Server, stop: &AtomicBool, ctx: &Ctx) {
     }
 }
 
-/// A successful answer: status and JSON body (`None`: no body, e.g. 204).
+pub(crate) enum Body {
+    Json(serde_json::Value),
+    /// Plain text (Prometheus exposition).
+    Text(String),
+    None,
+}
+
+/// A successful answer.
 pub(crate) struct Reply {
     pub status: u16,
-    pub body: Option<serde_json::Value>,
+    pub body: Body,
 }
 
 impl Reply {
     pub fn json(status: u16, body: serde_json::Value) -> Reply {
         Reply {
             status,
-            body: Some(body),
+            body: Body::Json(body),
         }
     }
     pub fn no_content() -> Reply {
         Reply {
             status: 204,
-            body: None,
+            body: Body::None,
         }
     }
 }
@@ -203,18 +217,19 @@ fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
     let (route, result) = routes::dispatch(ctx, &mut req);
     let (status, body) = match result {
         Ok(r) => (r.status, r.body),
-        Err(e) => (e.status, Some(e.body())),
+        Err(e) => (e.status, Body::Json(e.body())),
     };
-    let mut response = match body {
-        Some(b) => {
+    let (bytes, content_type): (Vec<u8>, &[u8]) = match body {
+        Body::Json(b) => {
             let mut bytes = serde_json::to_vec(&b).unwrap_or_default();
             bytes.push(b'\n');
-            tiny_http::Response::from_data(bytes)
+            (bytes, b"application/json")
         }
-        None => tiny_http::Response::from_data(Vec::new()),
-    }
-    .with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]) {
+        Body::Text(t) => (t.into_bytes(), b"text/plain; version=0.0.4; charset=utf-8"),
+        Body::None => (Vec::new(), b"application/json"),
+    };
+    let mut response = tiny_http::Response::from_data(bytes).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type) {
         response.add_header(h);
     }
     if status == 413

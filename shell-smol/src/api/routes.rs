@@ -18,7 +18,7 @@ use tiny_http::{Method, Request};
 use super::http::{
     ApiError, Query, deny_unknown, header, opt_field, parse_object, read_body, req_field, split_url,
 };
-use super::{Caller, Ctx, Reply, authenticate, hash_key, hex, validate};
+use super::{Body, Caller, Ctx, Reply, authenticate, hash_key, hex, validate};
 use crate::store::query::{self, Tenant};
 
 type Res = Result<Reply, ApiError>;
@@ -42,6 +42,7 @@ pub(crate) fn dispatch(ctx: &Ctx, req: &mut Request) -> (&'static str, Res) {
     match (&method, s.as_slice()) {
         (Get, ["healthz"]) => ("healthz", Ok(Reply::json(200, json!({"status": "ok"})))),
         (Get, ["readyz"]) => ("readyz", readyz(ctx)),
+        (Get, ["metrics"]) => ("metrics", metrics(ctx)),
         (Post, ["v1", "keys"]) => ("keys.create", create_key(ctx, req, q)),
         (Post, ["v1", "messages"]) => ("messages.send", send(ctx, req, q)),
         (Get, ["v1", "messages"]) => ("messages.list", list_messages(ctx, req, q)),
@@ -86,6 +87,7 @@ fn known_path(s: &[&str]) -> bool {
         s,
         ["healthz"]
             | ["readyz"]
+            | ["metrics"]
             | ["v1", "keys"]
             | ["v1", "messages"]
             | ["v1", "messages", _]
@@ -182,6 +184,16 @@ fn readyz(ctx: &Ctx) -> Res {
         Ok(Reply::json(200, json!({"status": "ready"})))
     } else {
         Err(ApiError::new(503, "shutting_down", "not ready"))
+    }
+}
+
+fn metrics(ctx: &Ctx) -> Res {
+    match &ctx.settings.metrics {
+        Some(render) => Ok(Reply {
+            status: 200,
+            body: Body::Text(render()),
+        }),
+        None => Err(ApiError::not_found()),
     }
 }
 

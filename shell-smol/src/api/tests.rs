@@ -226,6 +226,7 @@ fn harness() -> Harness {
         max_body_bytes: 64 * 1024,
         workers: 2,
         rate_limiter: None,
+        metrics: Some(Arc::new(|| "outpost_up 1\n".to_string())),
     })
 }
 
@@ -308,6 +309,9 @@ fn health_readiness_and_shutdown() {
     let h = harness();
     assert_eq!(h.call("GET", "/healthz", None, None).0, 200);
     assert_eq!(h.call("GET", "/readyz", None, None).0, 200);
+    let mut res = h.agent.get(format!("{}/metrics", h.base)).call().unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.body_mut().read_to_string().unwrap(), "outpost_up 1\n");
     let key = h.new_key("example.com");
     h.engine.accepting.store(false, Ordering::SeqCst);
     assert_eq!(h.call("GET", "/readyz", None, None).0, 503);
