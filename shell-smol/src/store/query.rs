@@ -150,6 +150,14 @@ fn attach_recipients(conn: &Connection, messages: &mut [MessageRecord]) -> Resul
     Ok(())
 }
 
+pub(super) const LIST_MESSAGES_SQL: &str = "SELECT id, tenant_id, source, message_id_header, \
+     mail_from, subject, tags, size, smtputf8, eight_bit, created_at, expires_at FROM messages \
+     WHERE tenant_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
+pub(super) const LIST_MESSAGES_BY_STATUS_SQL: &str = "SELECT id, tenant_id, source, \
+     message_id_header, mail_from, subject, tags, size, smtputf8, eight_bit, created_at, \
+     expires_at FROM messages \
+     WHERE tenant_id = ?1 AND id < ?2 AND status = ?4 ORDER BY id DESC LIMIT ?3";
+
 /// One page of the send log, newest first: messages older than `before` (the cursor),
 /// optionally with this derived status. Two queries.
 pub fn list_messages(
@@ -159,23 +167,24 @@ pub fn list_messages(
     before: Option<MessageId>,
     limit: usize,
 ) -> Result<Vec<MessageRecord>, StoreError> {
-    let before = before.map(|b| b.to_string());
-    let mut messages: Vec<MessageRecord> = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4"
-        ))?
-        .query_map(
-            params![
-                u64_to_sql(tenant.0),
-                status.map(|s| s.as_str()),
-                before,
-                limit as i64
-            ],
-            message_row,
-        )?
-        .collect::<Result<_, _>>()?;
+    // Ids are `msg_` + fixed-width base32: "msg_~" sorts after every one of them.
+    let before = before.map_or_else(|| "msg_~".to_string(), |b| b.to_string());
+    let mut messages: Vec<MessageRecord> = match status {
+        None => conn
+            .prepare_cached(LIST_MESSAGES_SQL)?
+            .query_map(
+                params![u64_to_sql(tenant.0), before, limit as i64],
+                message_row,
+            )?
+            .collect::<Result<_, _>>()?,
+        Some(status) => conn
+            .prepare_cached(LIST_MESSAGES_BY_STATUS_SQL)?
+            .query_map(
+                params![u64_to_sql(tenant.0), before, limit as i64, status.as_str()],
+                message_row,
+            )?
+            .collect::<Result<_, _>>()?,
+    };
     attach_recipients(conn, &mut messages)?;
     Ok(messages)
 }

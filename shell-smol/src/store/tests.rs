@@ -598,3 +598,37 @@ fn keys_are_stored_hashed_and_tenants_created_once() {
         Some(t1)
     );
 }
+
+#[test]
+fn list_queries_use_indexes_without_sorting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plan = |sql: &str| -> String {
+        let vals = ["1", "msg_~", "10", "queued"];
+        let n = sql.matches('?').count();
+        store
+            .read(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(vals.iter().take(n)), |r| {
+                        r.get::<_, String>(3)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows.join(" | "))
+            })
+            .unwrap()
+    };
+    for sql in [query::LIST_MESSAGES_SQL, query::LIST_MESSAGES_BY_STATUS_SQL] {
+        let p = plan(sql);
+        assert!(
+            p.contains("USING INDEX") || p.contains("USING PRIMARY KEY"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+    let p = plan("SELECT id FROM messages WHERE status IN ('queued','sending','deferred')");
+    assert!(
+        p.contains("SEARCH messages USING COVERING INDEX messages_status"),
+        "{p}"
+    );
+}
