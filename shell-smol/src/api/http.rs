@@ -65,7 +65,9 @@ impl From<StoreError> for ApiError {
 }
 
 /// Reads the body, refusing more than `max` bytes (by Content-Length first, then by
-/// capping the read).
+/// capping the read). A modest overage (up to `max` more bytes) is read and discarded so
+/// that the client, still writing, gets a clean 413 rather than a reset; beyond that the
+/// connection is closed on it.
 pub fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -74,7 +76,15 @@ pub fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, Ap
             format!("request body over {max} bytes"),
         )
     };
-    if req.body_length().is_some_and(|n| n > max) {
+    let drain = |req: &mut tiny_http::Request| {
+        let _ = std::io::copy(&mut req.as_reader().take(max as u64), &mut std::io::sink());
+    };
+    if let Some(n) = req.body_length()
+        && n > max
+    {
+        if n <= max.saturating_mul(2) {
+            drain(req);
+        }
         return Err(too_large());
     }
     let mut buf = Vec::new();
@@ -83,6 +93,7 @@ pub fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, Ap
         .read_to_end(&mut buf)
         .map_err(|_| ApiError::bad_request("bad_request", "could not read the request body"))?;
     if buf.len() > max {
+        drain(req);
         return Err(too_large());
     }
     Ok(buf)
