@@ -36,7 +36,11 @@ fn corpus() -> Vec<Row<'static>> {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        assert_eq!(cols.len(), 4, "line {line_no}: want 4 tab-separated columns");
+        assert_eq!(
+            cols.len(),
+            4,
+            "line {line_no}: want 4 tab-separated columns"
+        );
         let stage = Stage::parse(cols[0])
             .unwrap_or_else(|| panic!("line {line_no}: unknown stage {:?}", cols[0]));
         let expected = Category::parse(cols[1])
@@ -139,7 +143,10 @@ fn corpus_meets_recall_safety_and_accuracy_gates() {
     assert!(
         four_xx_suppressed.is_empty(),
         "a 4xx must never suppress: lines {:?}",
-        four_xx_suppressed.iter().map(|r| r.line_no).collect::<Vec<_>>()
+        four_xx_suppressed
+            .iter()
+            .map(|r| r.line_no)
+            .collect::<Vec<_>>()
     );
     assert!(
         recall >= MIN_INVALID_RECIPIENT_RECALL,
@@ -196,8 +203,16 @@ fn named_hard_cases() {
         });
         assert_eq!(got.category, want, "{line} (rule {})", got.rule);
     };
-    check(Stage::Rcpt, "550 5.1.0 <bounce@example.com> sender rejected", Category::SenderRejected);
-    check(Stage::Mail, "553 5.1.8 Domain of sender address does not exist", Category::SenderRejected);
+    check(
+        Stage::Rcpt,
+        "550 5.1.0 <bounce@example.com> sender rejected",
+        Category::SenderRejected,
+    );
+    check(
+        Stage::Mail,
+        "553 5.1.8 Domain of sender address does not exist",
+        Category::SenderRejected,
+    );
     check(
         Stage::Rcpt,
         "550 5.7.1 <x@example.org>: Recipient address rejected: User unknown",
@@ -208,15 +223,31 @@ fn named_hard_cases() {
         "550 sorry, no mailbox here by that name (#5.1.1 - chkusr)",
         Category::InvalidRecipient,
     );
-    check(Stage::Rcpt, "550 Unknown user x@example.jp", Category::InvalidRecipient);
-    check(Stage::Rcpt, "550 5.1.10 RESOLVER.ADR.RecipientNotFound", Category::InvalidRecipient);
+    check(
+        Stage::Rcpt,
+        "550 Unknown user x@example.jp",
+        Category::InvalidRecipient,
+    );
+    check(
+        Stage::Rcpt,
+        "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+        Category::InvalidRecipient,
+    );
     check(
         Stage::Rcpt,
         "550 5.7.1 Service unavailable; client host blocked using a DNS block list",
         Category::ReputationBlock,
     );
-    check(Stage::EndOfData, "550 5.7.26 unauthenticated sender", Category::AuthRequired);
-    check(Stage::Rcpt, "552 5.2.2 Quota exceeded", Category::MailboxFull);
+    check(
+        Stage::EndOfData,
+        "550 5.7.26 unauthenticated sender",
+        Category::AuthRequired,
+    );
+    check(
+        Stage::Rcpt,
+        "552 5.2.2 Quota exceeded",
+        Category::MailboxFull,
+    );
     check(
         Stage::Rcpt,
         "550 5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered",
