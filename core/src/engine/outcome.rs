@@ -417,6 +417,7 @@ impl Engine {
         }
         let key = (tenant, address.to_lowercase());
         if decision.suppress
+            && o.about_recipient
             && status == RecipientStatus::Bounced
             && !self.suppressions.contains(&key)
         {
