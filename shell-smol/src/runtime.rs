@@ -1,0 +1,431 @@
+//! The engine loop: one task owns the `Engine`. Everything that happens in the world
+//! arrives as a `Msg` on one channel; after each input the loop drains the engine's outputs
+//! and carries each out (store writer, DNS, connections, webhooks, spool, answers).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender};
+use async_io::Timer;
+use futures_lite::FutureExt;
+use outpost_core::engine::{BreakerView, QueueView};
+use outpost_core::io::{AdminCommand, AdminError, AdminReply, Receipt, Submission, SubmitError};
+use outpost_core::{BatchId, ConnId, Engine, Input, Output, RequestId, Time};
+
+use crate::dns::Dns;
+use crate::smtp_conn::{self, ConnCmd, ConnHandle};
+use crate::store::{Store, WriterHandle, spool_path};
+use crate::tls::TlsClient;
+use crate::webhook;
+
+/// The current time as the core sees it.
+pub fn now() -> Time {
+    Time(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// A message to the engine loop.
+pub enum Msg {
+    /// A fact from the world (connections, DNS, store, webhooks, spool scans).
+    Input(Input),
+    Submit(Submission, Sender<Result<Receipt, SubmitError>>),
+    Admin(AdminCommand, Sender<Result<AdminReply, AdminError>>),
+    Breakers(Sender<Vec<BreakerView>>),
+    Queue(Sender<Vec<QueueView>>),
+    /// SIGTERM/SIGINT: stop intake, drain, exit.
+    Shutdown,
+}
+
+/// What the loop needs from the outside.
+pub struct Deps {
+    pub store: Store,
+    pub data_dir: PathBuf,
+    pub dns: Dns,
+    pub tls: TlsClient,
+    pub allow_private_webhooks: bool,
+    pub shutdown_deadline: Duration,
+}
+
+pub struct Runtime {
+    engine: Engine,
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    deps: Deps,
+    writer: Option<WriterHandle>,
+    conns: HashMap<ConnId, ConnHandle>,
+    next_request: u64,
+    submits: HashMap<RequestId, Sender<Result<Receipt, SubmitError>>>,
+    admins: HashMap<RequestId, Sender<Result<AdminReply, AdminError>>>,
+    batches: HashSet<BatchId>,
+    accepting: Arc<AtomicBool>,
+    draining: Option<Instant>,
+}
+
+/// Handles for the rest of the daemon.
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub tx: Sender<Msg>,
+    /// False once shutting down (intake answers 503).
+    pub accepting: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Loads the snapshot, feeds `Recovered`, starts the store writer. Nothing listens yet.
+    pub fn start(mut engine: Engine, deps: Deps) -> Result<(Runtime, LoopHandle), String> {
+        let (tx, rx) = async_channel::unbounded();
+        let cfg = engine.config().clone();
+        let t = now();
+        let snapshot = deps
+            .store
+            .load_snapshot(t, cfg.breaker.warmup_window, cfg.idempotency_window)
+            .map_err(|e| format!("loading the store: {e}"))?;
+        tracing::info!(
+            messages = snapshot.messages.len(),
+            endpoints = snapshot.endpoints.len(),
+            pending_webhooks = snapshot.pending_deliveries.len(),
+            "store loaded"
+        );
+        let (writer, done) = deps.store.spawn_writer();
+        let fwd = tx.clone();
+        smol::spawn(async move {
+            while let Ok((batch, result)) = done.recv().await {
+                let input = match result {
+                    Ok(()) => Input::Persisted { batch },
+                    Err(error) => {
+                        tracing::error!(batch = batch.0, %error, "store write failed");
+                        Input::PersistFailed { batch, error }
+                    }
+                };
+                if fwd.send(Msg::Input(input)).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+        let accepting = Arc::new(AtomicBool::new(true));
+        engine.handle(t, Input::Recovered(Box::new(snapshot)));
+        let mut rt = Runtime {
+            engine,
+            tx: tx.clone(),
+            rx,
+            deps,
+            writer: Some(writer),
+            conns: HashMap::new(),
+            next_request: 1,
+            submits: HashMap::new(),
+            admins: HashMap::new(),
+            batches: HashSet::new(),
+            accepting: accepting.clone(),
+            draining: None,
+        };
+        rt.drain_outputs();
+        Ok((rt, LoopHandle { tx, accepting }))
+    }
+
+    /// Runs until shutdown has drained (or its deadline passed); then flushes the store.
+    pub async fn run(mut self) {
+        enum Wake {
+            Msg(Option<Msg>),
+            Timer,
+        }
+        loop {
+            if let Some(since) = self.draining {
+                let idle = self.conns.is_empty() && self.batches.is_empty();
+                if idle || since.elapsed() >= self.deps.shutdown_deadline {
+                    if !idle {
+                        tracing::warn!(
+                            connections = self.conns.len(),
+                            store_batches = self.batches.len(),
+                            "shutdown deadline passed; stopping with work in flight"
+                        );
+                    }
+                    break;
+                }
+            }
+            let mut wake_at: Option<Instant> = self.engine.poll_timeout().map(|t| {
+                let n = now();
+                Instant::now() + Duration::from_millis(t.0.saturating_sub(n.0))
+            });
+            if let Some(since) = self.draining {
+                let d = since + self.deps.shutdown_deadline;
+                wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
+            }
+            let rx = self.rx.clone();
+            let recv = async { Wake::Msg(rx.recv().await.ok()) };
+            let wake = match wake_at {
+                Some(at) => {
+                    recv.or(async {
+                        Timer::at(at).await;
+                        Wake::Timer
+                    })
+                    .await
+                }
+                None => recv.await,
+            };
+            match wake {
+                Wake::Msg(Some(msg)) => self.on_msg(msg),
+                Wake::Msg(None) => break,
+                Wake::Timer => {
+                    if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
+                        self.engine.handle(now(), Input::Tick);
+                        self.drain_outputs();
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    async fn finish(mut self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        for (_, c) in self.conns.drain() {
+            c.close();
+        }
+        // Unanswered requests get `Unavailable` (their senders drop here).
+        self.submits.clear();
+        self.admins.clear();
+        if let Some(w) = self.writer.take() {
+            smol::unblock(move || w.flush_and_stop()).await;
+        }
+        tracing::info!("store flushed; stopped");
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        let t = now();
+        match msg {
+            Msg::Input(input) => {
+                if !self.accept_input(&input) {
+                    return;
+                }
+                self.engine.handle(t, input);
+            }
+            Msg::Submit(mut s, reply) => {
+                if self.draining.is_some() {
+                    let _ = reply.try_send(Err(SubmitError::new(
+                        outpost_core::io::SubmitErrorKind::Unavailable,
+                        "shutting_down",
+                        "the server is shutting down",
+                    )));
+                    return;
+                }
+                let id = self.request_id();
+                s.request = id;
+                self.submits.insert(id, reply);
+                self.engine.handle(t, Input::Submit(s));
+            }
+            Msg::Admin(command, reply) => {
+                let request = self.request_id();
+                self.admins.insert(request, reply);
+                self.engine.handle(t, Input::Admin { request, command });
+            }
+            Msg::Breakers(reply) => {
+                let _ = reply.try_send(self.engine.breakers(t));
+                return;
+            }
+            Msg::Queue(reply) => {
+                let _ = reply.try_send(self.engine.queue());
+                return;
+            }
+            Msg::Shutdown => {
+                if self.draining.is_some() {
+                    return;
+                }
+                tracing::info!(
+                    connections = self.conns.len(),
+                    deadline_s = self.deps.shutdown_deadline.as_secs(),
+                    "shutting down: intake stopped, draining"
+                );
+                self.accepting.store(false, Ordering::SeqCst);
+                self.draining = Some(Instant::now());
+                self.engine.handle(t, Input::Drain);
+            }
+        }
+        self.drain_outputs();
+    }
+
+    fn request_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+
+    /// Keeps the connection map in step; drops reports about connections the core closed.
+    fn accept_input(&mut self, input: &Input) -> bool {
+        match input {
+            Input::Connected { conn }
+            | Input::Received { conn, .. }
+            | Input::TlsEstablished { conn, .. } => self.conns.contains_key(conn),
+            Input::ConnectFailed { conn, .. }
+            | Input::TlsFailed { conn, .. }
+            | Input::Disconnected { conn, .. } => self.conns.remove(conn).is_some(),
+            Input::Persisted { batch } | Input::PersistFailed { batch, .. } => {
+                self.batches.remove(batch);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            self.dispatch(out);
+        }
+    }
+
+    fn report(&self) -> impl Fn(Input) + Send + Sync + 'static + use<> {
+        let tx = self.tx.clone();
+        move |input| {
+            let _ = tx.try_send(Msg::Input(input));
+        }
+    }
+
+    fn dispatch(&mut self, out: Output) {
+        match out {
+            Output::Persist { batch, ops } => {
+                tracing::debug!(batch = batch.0, ops = ops.len(), "persist");
+                self.batches.insert(batch);
+                match &self.writer {
+                    Some(w) => w.submit(batch, ops),
+                    None => {
+                        let _ = self.tx.try_send(Msg::Input(Input::PersistFailed {
+                            batch,
+                            error: "store writer stopped".into(),
+                        }));
+                    }
+                }
+            }
+            Output::SubmitAccepted { request, receipt } => {
+                tracing::info!(message = %receipt.id, recipients = receipt.recipients.len(), "message accepted");
+                if let Some(r) = self.submits.remove(&request) {
+                    let _ = r.try_send(Ok(receipt));
+                }
+            }
+            Output::SubmitRejected { request, error } => {
+                tracing::info!(code = %error.code, "submission refused");
+                if let Some(r) = self.submits.remove(&request) {
+                    let _ = r.try_send(Err(error));
+                }
+            }
+            Output::AdminAnswer { request, result } => {
+                if let Some(r) = self.admins.remove(&request) {
+                    let _ = r.try_send(result);
+                }
+            }
+            Output::Resolve { query, name, kind } => {
+                let dns = self.deps.dns.clone();
+                let report = self.report();
+                smol::spawn(async move {
+                    let result = dns.resolve(&name, kind).await;
+                    if let Err(e) = &result {
+                        tracing::debug!(query = query.0, %name, ?kind, error = %e, "DNS lookup failed");
+                    }
+                    report(Input::Resolved { query, result });
+                })
+                .detach();
+            }
+            Output::Connect { conn, ip, port, mx } => {
+                tracing::debug!(conn = conn.0, %ip, port, %mx, "connecting");
+                let h = smtp_conn::spawn(
+                    conn,
+                    std::net::SocketAddr::new(ip, port),
+                    self.deps.tls.clone(),
+                    self.report(),
+                );
+                self.conns.insert(conn, h);
+            }
+            Output::Send { conn, bytes } => {
+                if let Some(c) = self.conns.get(&conn) {
+                    c.command(ConnCmd::Send(bytes));
+                }
+            }
+            Output::SendSpool { conn, message } => {
+                tracing::debug!(conn = conn.0, %message, "sending message data");
+                if let Some(c) = self.conns.get(&conn) {
+                    c.command(ConnCmd::SendSpool(spool_path(&self.deps.data_dir, message)));
+                }
+            }
+            Output::StartTls {
+                conn,
+                server_name,
+                require_verified,
+            } => {
+                if let Some(c) = self.conns.get(&conn) {
+                    c.command(ConnCmd::StartTls {
+                        server_name,
+                        require_verified,
+                    });
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(c) = self.conns.remove(&conn) {
+                    c.close();
+                }
+            }
+            Output::PostWebhook {
+                post,
+                endpoint,
+                event,
+                url,
+                headers,
+                body,
+                timeout,
+            } => {
+                let report = self.report();
+                let allow = self.deps.allow_private_webhooks;
+                smol::spawn(async move {
+                    let (result, duration_ms) =
+                        webhook::post(url, headers, body, timeout, allow).await;
+                    match &result {
+                        Ok(status) => {
+                            tracing::debug!(%endpoint, %event, status, duration_ms, "webhook posted")
+                        }
+                        Err(error) => {
+                            tracing::info!(%endpoint, %event, %error, duration_ms, "webhook failed")
+                        }
+                    }
+                    report(Input::WebhookResult {
+                        post,
+                        result,
+                        duration_ms,
+                    });
+                })
+                .detach();
+            }
+            Output::DeleteSpool { message } => {
+                let store = self.deps.store.clone();
+                smol::spawn(async move {
+                    if let Err(e) = smol::unblock(move || store.delete_spool(&[message])).await {
+                        tracing::warn!(%message, error = %e, "deleting the spool file failed");
+                    }
+                })
+                .detach();
+            }
+            Output::ScanSpool => {
+                let store = self.deps.store.clone();
+                let report = self.report();
+                smol::spawn(async move {
+                    let (files, live) = smol::unblock(move || store.scan_spool()).await;
+                    report(Input::SpoolScanned { files, live });
+                })
+                .detach();
+            }
+            Output::DeleteOrphans { messages } => {
+                tracing::info!(count = messages.len(), "deleting orphaned spool files");
+                let store = self.deps.store.clone();
+                smol::spawn(async move {
+                    if let Err(e) = smol::unblock(move || store.delete_spool(&messages)).await {
+                        tracing::warn!(error = %e, "deleting orphaned spool files failed");
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+}
