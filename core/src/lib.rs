@@ -22,3 +22,8 @@ pub use engine::Engine;
 pub use ids::*;
 pub use io::{Input, Output};
 pub use time::Time;
+pub mod breaker;
+pub mod events;
+pub mod retry;
+pub mod routing;
+pub mod spool;
