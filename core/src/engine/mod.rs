@@ -1,18 +1,131 @@
-//! The engine: one value owning all delivery state (PLACEHOLDER body; the public surface
-//! below is the contract).
-#![allow(dead_code, unused_variables)]
+//! The engine: one value owning all delivery state.
+//!
+//! `handle(now, input)` applies a fact; outputs are drained with `poll_output()`;
+//! `poll_timeout()` says when to call `handle(now, Input::Tick)`. All state lives in
+//! ordered maps and all randomness comes from the engine's seeded RNG, so the same seed
+//! and inputs give the same outputs.
+//!
+//! Submodules, one concern each: `intake` (submissions and idempotency), `delivery`
+//! (destinations, DNS, connections, SMTP sessions), `outcome` (applying attempt outcomes:
+//! status, attempts, events, suppression), `recovery` (start-up from a snapshot), `admin`
+//! (operator commands), `persist` (store batches and what waits on them).
 
-use std::collections::VecDeque;
+mod admin;
+mod delivery;
+mod intake;
+mod outcome;
+mod persist;
+mod recovery;
+mod webhooks;
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::Breaker;
 use crate::config::Config;
+use crate::ids::{BatchId, ConnId, MessageId, PostId, QueryId, TenantId};
 use crate::io::{Input, Output};
+use crate::model::{RecipientKind, Source};
+use crate::status::RecipientStatus;
 use crate::time::Time;
 
+use delivery::{Conn, Dest, PendingQuery};
+use intake::IdempotencyState;
+use persist::PendingBatch;
+
+/// A message the engine still has work for (at least one non-terminal recipient).
+#[derive(Clone, Debug)]
+pub(crate) struct Msg {
+    pub tenant: TenantId,
+    #[allow(dead_code)]
+    pub source: Source,
+    pub mail_from: String,
+    /// Without angle brackets.
+    pub message_id_header: String,
+    pub created_at: Time,
+    pub expires_at: Time,
+    pub size: u64,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub rcpts: Vec<Rcpt>,
+    /// The store write of the message committed (it was acknowledged).
+    pub committed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Rcpt {
+    pub address: String,
+    pub domain: String,
+    #[allow(dead_code)]
+    pub kind: RecipientKind,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    /// Due time of the next attempt while queued/deferred (its `Timer::Due` key).
+    pub next_attempt_at: Option<Time>,
+}
+
+impl Msg {
+    pub fn all_terminal(&self) -> bool {
+        self.rcpts.iter().all(|r| r.status.is_terminal())
+    }
+}
+
+/// Timers, ordered by time then kind: at equal times an expiry is handled before a due
+/// attempt, so a recipient at its max age is failed rather than attempted again.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    Expire(MessageId),
+    Due(MessageId, u32),
+    Conn(ConnId),
+    Dest(String),
+    PersistRetry(BatchId),
+    SpoolScan,
+}
+
 pub struct Engine {
-    config: Config,
-    outputs: VecDeque<Output>,
+    pub(crate) cfg: Config,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) timers: BTreeSet<(Time, Timer)>,
+    pub(crate) messages: BTreeMap<MessageId, Msg>,
+    pub(crate) dests: BTreeMap<String, Dest>,
+    pub(crate) conns: BTreeMap<ConnId, Conn>,
+    pub(crate) queries: BTreeMap<QueryId, PendingQuery>,
+    pub(crate) batches: BTreeMap<BatchId, PendingBatch>,
+    pub(crate) suppressions: BTreeSet<(TenantId, String)>,
+    pub(crate) idempotency: BTreeMap<(TenantId, String), IdempotencyState>,
+    pub(crate) webhooks: webhooks::Webhooks,
+    /// Destinations whose queue changed since the last pump.
+    pub(crate) dirty: BTreeSet<String>,
+    pub(crate) next_batch: u64,
+    pub(crate) next_conn: u64,
+    pub(crate) next_query: u64,
+    #[allow(dead_code)] // used once webhook posting lands
+    pub(crate) next_post: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) draining: bool,
+    pub(crate) recovered: bool,
+    pub(crate) spool_scan_in_flight: bool,
+    pub(crate) stats: Stats,
+}
+
+/// Counters for metrics and the simulator's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub accepted_messages: u64,
+    pub rejected_submissions: u64,
+    pub attempts: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub failed: u64,
+    pub suppressed: u64,
+    pub persist_failures: u64,
+    pub breaker_opened: u64,
+    pub connections_opened: u64,
 }
 
 /// A destination's circuit breaker, for `GET /v1/admin/breakers`.
@@ -25,10 +138,10 @@ pub struct BreakerView {
     pub opened_at: Option<Time>,
     pub next_probe_at: Option<Time>,
     pub last_failure: Option<String>,
-    /// Forced by an operator (stays until forced otherwise).
+    /// Forced open by an operator (stays until forced closed).
     pub forced: bool,
-    /// e.g. "opened at 2026-11-24T10:00:00Z after 5 failures: last reply 421 ...; next
-    /// probe at ...".
+    /// e.g. "opened at ... after 5 consecutive failure(s): last failure: ...; next probe
+    /// at ...".
     pub explanation: String,
 }
 
@@ -46,36 +159,273 @@ pub struct QueueView {
 
 impl Engine {
     pub fn new(config: Config, seed: u64) -> Engine {
+        let webhooks = webhooks::Webhooks::new(&config);
         Engine {
-            config,
+            cfg: config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
             outputs: VecDeque::new(),
+            timers: BTreeSet::new(),
+            messages: BTreeMap::new(),
+            dests: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            suppressions: BTreeSet::new(),
+            idempotency: BTreeMap::new(),
+            webhooks,
+            dirty: BTreeSet::new(),
+            next_batch: 1,
+            next_conn: 1,
+            next_query: 1,
+            next_post: 1,
+            next_seq: 1,
+            draining: false,
+            recovered: false,
+            spool_scan_in_flight: false,
+            stats: Stats::default(),
         }
     }
 
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.cfg
     }
 
-    pub fn handle(&mut self, now: Time, input: Input) {}
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Applies one fact about the world. Never panics on any input.
+    pub fn handle(&mut self, now: Time, input: Input) {
+        match input {
+            Input::Tick => {}
+            Input::Recovered(snapshot) => self.recover(now, *snapshot),
+            Input::Submit(sub) => self.submit(now, sub),
+            Input::Resolved { query, result } => self.on_resolved(now, query, result),
+            Input::Connected { conn } => self.on_connected(now, conn),
+            Input::ConnectFailed { conn, error } => self.on_connect_failed(now, conn, &error),
+            Input::Received { conn, bytes } => self.on_received(now, conn, &bytes),
+            Input::TlsEstablished { conn, verified } => {
+                self.on_tls_established(now, conn, verified)
+            }
+            Input::TlsFailed { conn, error } => self.on_tls_failed(now, conn, &error),
+            Input::Disconnected { conn, error } => {
+                self.on_disconnected(now, conn, error.as_deref())
+            }
+            Input::Persisted { batch } => self.on_persisted(now, batch),
+            Input::PersistFailed { batch, error } => self.on_persist_failed(now, batch, &error),
+            Input::WebhookResult {
+                post,
+                result,
+                duration_ms,
+            } => self.on_webhook_result(now, post, result, duration_ms),
+            Input::SpoolScanned { files, live } => self.on_spool_scanned(now, files, live),
+            Input::Admin { request, command } => self.admin(now, request, command),
+            Input::Drain => self.drain(now),
+        }
+        self.run_timers(now);
+        self.pump_dirty(now);
+        self.pump_webhooks(now);
+    }
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
 
+    /// When the engine next needs `Input::Tick`.
     pub fn poll_timeout(&self) -> Option<Time> {
-        None
-    }
-
-    pub fn breakers(&self, now: Time) -> Vec<BreakerView> {
-        Vec::new()
-    }
-
-    pub fn queue(&self) -> Vec<QueueView> {
-        Vec::new()
+        let t = self.timers.first().map(|(t, _)| *t);
+        match (t, self.webhooks.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Pending (non-terminal) recipients held.
     pub fn pending_recipients(&self) -> usize {
-        0
+        self.messages
+            .values()
+            .map(|m| m.rcpts.iter().filter(|r| !r.status.is_terminal()).count())
+            .sum()
+    }
+
+    /// Whether a graceful drain has finished: no connection left.
+    pub fn is_drained(&self) -> bool {
+        self.draining && self.conns.is_empty()
+    }
+
+    /// Store batches not yet acknowledged.
+    pub fn unpersisted_batches(&self) -> usize {
+        self.batches.len()
+    }
+
+    pub fn breakers(&self, now: Time) -> Vec<BreakerView> {
+        self.dests
+            .iter()
+            .filter(|(_, d)| d.breaker != Breaker::default())
+            .map(|(domain, d)| breaker_view(domain, &d.breaker, now))
+            .collect()
+    }
+
+    pub fn breaker(&self, domain: &str, now: Time) -> Option<BreakerView> {
+        self.dests
+            .get(domain)
+            .map(|d| breaker_view(domain, &d.breaker, now))
+    }
+
+    pub fn queue(&self) -> Vec<QueueView> {
+        let mut views: BTreeMap<&str, QueueView> = BTreeMap::new();
+        for m in self.messages.values().filter(|m| m.committed) {
+            for r in &m.rcpts {
+                if r.status.is_terminal() {
+                    continue;
+                }
+                let v = views.entry(r.domain.as_str()).or_insert_with(|| QueueView {
+                    domain: r.domain.clone(),
+                    ..QueueView::default()
+                });
+                match r.status {
+                    RecipientStatus::Queued => v.queued += 1,
+                    RecipientStatus::Deferred => v.deferred += 1,
+                    _ => v.sending += 1,
+                }
+                v.oldest_created_at = Some(
+                    v.oldest_created_at
+                        .map_or(m.created_at, |o| o.min(m.created_at)),
+                );
+                if let Some(n) = r.next_attempt_at {
+                    v.next_attempt_at = Some(v.next_attempt_at.map_or(n, |o| o.min(n)));
+                }
+            }
+        }
+        for (domain, d) in &self.dests {
+            if let Some(v) = views.get_mut(domain.as_str()) {
+                v.connections = d.conns.len() as u64;
+            }
+        }
+        views.into_values().collect()
+    }
+
+    // ---- shared plumbing ----
+
+    pub(crate) fn emit(&mut self, out: Output) {
+        self.outputs.push_back(out);
+    }
+
+    pub(crate) fn set_timer(&mut self, at: Time, timer: Timer) {
+        self.timers.insert((at, timer));
+    }
+
+    pub(crate) fn clear_timer(&mut self, at: Time, timer: &Timer) {
+        self.timers.remove(&(at, timer.clone()));
+    }
+
+    pub(crate) fn mint_id(&mut self, now: Time) -> u128 {
+        let hi: u64 = self.rng.random();
+        let lo: u16 = self.rng.random();
+        crate::ids::ulid(now, (u128::from(hi) << 16) | u128::from(lo))
+    }
+
+    pub(crate) fn next_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        id
+    }
+
+    pub(crate) fn next_query_id(&mut self) -> QueryId {
+        let id = QueryId(self.next_query);
+        self.next_query += 1;
+        id
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn next_post_id(&mut self) -> PostId {
+        let id = PostId(self.next_post);
+        self.next_post += 1;
+        id
+    }
+
+    fn run_timers(&mut self, now: Time) {
+        // Bounded by the number of timers due; each handler may add timers, but only
+        // later ones or ones it has just handled away.
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, timer)) = self.timers.pop_first() else {
+                break;
+            };
+            match timer {
+                Timer::Expire(id) => self.on_expire(now, id),
+                Timer::Due(id, idx) => self.on_due(now, id, idx),
+                Timer::Conn(conn) => self.on_conn_timer(now, conn),
+                Timer::Dest(domain) => {
+                    if let Some(d) = self.dests.get_mut(&domain) {
+                        d.timer_at = None;
+                    }
+                    self.dirty.insert(domain);
+                }
+                Timer::PersistRetry(batch) => self.retry_batch(now, batch),
+                Timer::SpoolScan => self.start_spool_scan(now),
+            }
+        }
+    }
+
+    fn drain(&mut self, now: Time) {
+        self.draining = true;
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.is_idle())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.quit_conn(now, id);
+        }
+    }
+
+    fn start_spool_scan(&mut self, now: Time) {
+        if !self.spool_scan_in_flight {
+            self.spool_scan_in_flight = true;
+            self.emit(Output::ScanSpool);
+        }
+        self.prune_idempotency(now);
+        let next = now.plus(self.cfg.spool_cleanup_interval);
+        self.set_timer(next, Timer::SpoolScan);
+    }
+
+    fn on_spool_scanned(
+        &mut self,
+        _now: Time,
+        files: Result<Vec<crate::io::SpoolFile>, String>,
+        live: Result<Vec<MessageId>, String>,
+    ) {
+        self.spool_scan_in_flight = false;
+        let mut in_memory: BTreeSet<MessageId> = self.messages.keys().copied().collect();
+        // Messages whose final batch is not yet acknowledged are still live too.
+        for b in self.batches.values() {
+            in_memory.extend(b.messages());
+        }
+        if let Ok(orphans) = crate::spool::orphans(_now, self.cfg.max_age, files, live, &in_memory)
+        {
+            if !orphans.is_empty() {
+                self.emit(Output::DeleteOrphans { messages: orphans });
+            }
+        }
     }
 }
+
+fn breaker_view(domain: &str, b: &Breaker, now: Time) -> BreakerView {
+    BreakerView {
+        domain: domain.to_string(),
+        state: b.state(now).as_str().to_string(),
+        consecutive_failures: b.consecutive_failures(),
+        opened_at: b.opened_at(),
+        next_probe_at: b.next_probe_at(),
+        last_failure: b.last_failure().map(str::to_string),
+        forced: b.forced(),
+        explanation: b.explain(now),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,882 @@
+//! Engine tests against a small scripted world: DNS answers, SMTP servers that parse the
+//! engine's (pipelined) commands and answer per behaviour, and a store that acknowledges.
+
+use core::net::{IpAddr, Ipv4Addr};
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ids::RequestId;
+use crate::io::{ComposeRequest, DnsAnswer, DnsError, Submission, SubmissionContent};
+use crate::model::{EventKind, Snapshot, StoreOp};
+
+const T0: Time = Time(1_800_000_000_000);
+const MIN: Duration = Duration::from_secs(60);
+
+/// How a simulated server answers.
+#[derive(Clone, Debug)]
+struct Server {
+    greeting: String,
+    mail: String,
+    /// Per recipient address (lowercase) RCPT reply; default 250.
+    rcpt: BTreeMap<String, String>,
+    end: String,
+    refuse_connect: bool,
+    pipelining: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            greeting: "220 mx.test ESMTP".into(),
+            mail: "250 2.1.0 ok".into(),
+            rcpt: BTreeMap::new(),
+            end: "250 2.0.0 queued".into(),
+            refuse_connect: false,
+            pipelining: true,
+        }
+    }
+}
+
+struct ConnState {
+    ip: IpAddr,
+    buf: Vec<u8>,
+    in_data: bool,
+    rcpts: Vec<String>,
+}
+
+struct World {
+    engine: Engine,
+    now: Time,
+    /// domain -> MX answer
+    mx: BTreeMap<String, Result<Vec<(u16, String)>, DnsError>>,
+    /// host -> addresses
+    hosts: BTreeMap<String, Vec<IpAddr>>,
+    servers: BTreeMap<IpAddr, Server>,
+    conns: BTreeMap<ConnId, ConnState>,
+    /// Whether store writes succeed.
+    store_ok: bool,
+    store: Vec<StoreOp>,
+    accepted: BTreeMap<RequestId, crate::io::Receipt>,
+    rejected: BTreeMap<RequestId, crate::io::SubmitError>,
+    /// (ip, rcpt) delivered at end of data.
+    delivered: Vec<(IpAddr, String)>,
+    connects: Vec<(Time, IpAddr, String)>,
+    log: Vec<String>,
+    next_req: u64,
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, n))
+}
+
+impl World {
+    fn new() -> World {
+        Self::with_config(Config::default(), 42)
+    }
+
+    fn with_config(cfg: Config, seed: u64) -> World {
+        let mut engine = Engine::new(cfg, seed);
+        engine.handle(T0, Input::Recovered(Box::default()));
+        let mut w = World {
+            engine,
+            now: T0,
+            mx: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            store_ok: true,
+            store: Vec::new(),
+            accepted: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            delivered: Vec::new(),
+            connects: Vec::new(),
+            log: Vec::new(),
+            next_req: 1,
+        };
+        w.add_domain(
+            "example.org",
+            &[(10, "mx1.example.org", ip(1))],
+            Server::default(),
+        );
+        w
+    }
+
+    fn add_domain(&mut self, domain: &str, mxs: &[(u16, &str, IpAddr)], server: Server) {
+        self.mx.insert(
+            domain.into(),
+            Ok(mxs.iter().map(|(p, h, _)| (*p, h.to_string())).collect()),
+        );
+        for (_, h, a) in mxs {
+            self.hosts.insert(h.to_string(), vec![*a]);
+            self.servers.insert(*a, server.clone());
+        }
+    }
+
+    fn submit_to(&mut self, to: &[&str]) -> RequestId {
+        let req = RequestId(self.next_req);
+        self.next_req += 1;
+        let sub = Submission {
+            request: req,
+            tenant: TenantId(1),
+            tenant_domain: "sender.test".into(),
+            source: crate::model::Source::Api,
+            idempotency_key: None,
+            content: SubmissionContent::Compose(ComposeRequest {
+                from: "news@sender.test".into(),
+                to: to.iter().map(|s| s.to_string()).collect(),
+                subject: "hello".into(),
+                text: Some("hi there\r\n.leading dot\r\n".into()),
+                ..ComposeRequest::default()
+            }),
+        };
+        self.input(Input::Submit(sub));
+        req
+    }
+
+    fn input(&mut self, input: Input) {
+        self.log
+            .push(format!("{:?} <- {:?}", self.now, input_summary(&input)));
+        self.engine.handle(self.now, input);
+        self.drain();
+    }
+
+    /// Carries out outputs until the engine has nothing more to say right now.
+    fn drain(&mut self) {
+        let mut queue: Vec<Input> = Vec::new();
+        loop {
+            while let Some(out) = self.engine.poll_output() {
+                self.log
+                    .push(format!("{:?} -> {}", self.now, output_summary(&out)));
+                self.carry_out(out, &mut queue);
+            }
+            if queue.is_empty() {
+                break;
+            }
+            for i in std::mem::take(&mut queue) {
+                self.log
+                    .push(format!("{:?} <- {:?}", self.now, input_summary(&i)));
+                self.engine.handle(self.now, i);
+            }
+        }
+    }
+
+    fn carry_out(&mut self, out: Output, queue: &mut Vec<Input>) {
+        match out {
+            Output::Persist { batch, ops } => {
+                if self.store_ok {
+                    self.store.extend(ops);
+                    queue.push(Input::Persisted { batch });
+                } else {
+                    queue.push(Input::PersistFailed {
+                        batch,
+                        error: "disk full".into(),
+                    });
+                }
+            }
+            Output::SubmitAccepted { request, receipt } => {
+                self.accepted.insert(request, receipt);
+            }
+            Output::SubmitRejected { request, error } => {
+                self.rejected.insert(request, error);
+            }
+            Output::Resolve { query, name, kind } => {
+                let result = match kind {
+                    QueryKindAlias::Mx => match self.mx.get(&name) {
+                        Some(Ok(v)) => Ok(DnsAnswer::Mx(v.clone())),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err(DnsError::NxDomain),
+                    },
+                    QueryKindAlias::Address => match self.hosts.get(&name) {
+                        Some(v) => Ok(DnsAnswer::Address(v.clone())),
+                        None => Err(DnsError::NxDomain),
+                    },
+                };
+                queue.push(Input::Resolved { query, result });
+            }
+            Output::Connect { conn, ip, mx, .. } => {
+                self.connects.push((self.now, ip, mx));
+                let server = self.servers.get(&ip).cloned().unwrap_or(Server {
+                    refuse_connect: true,
+                    ..Server::default()
+                });
+                if server.refuse_connect {
+                    queue.push(Input::ConnectFailed {
+                        conn,
+                        error: "connection refused".into(),
+                    });
+                } else {
+                    self.conns.insert(
+                        conn,
+                        ConnState {
+                            ip,
+                            buf: Vec::new(),
+                            in_data: false,
+                            rcpts: Vec::new(),
+                        },
+                    );
+                    queue.push(Input::Connected { conn });
+                    queue.push(Input::Received {
+                        conn,
+                        bytes: format!("{}\r\n", server.greeting).into_bytes(),
+                    });
+                }
+            }
+            Output::Send { conn, bytes } => {
+                let reply = self.server_input(conn, &bytes);
+                if !reply.is_empty() {
+                    queue.push(Input::Received { conn, bytes: reply });
+                }
+            }
+            Output::SendSpool { conn, .. } => {
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                c.in_data = false;
+                let server = self.servers.get(&c.ip).cloned().unwrap_or_default();
+                if server.end.starts_with('2') {
+                    for r in c.rcpts.drain(..) {
+                        self.delivered.push((c.ip, r));
+                    }
+                }
+                c.rcpts.clear();
+                queue.push(Input::Received {
+                    conn,
+                    bytes: format!("{}\r\n", server.end).into_bytes(),
+                });
+            }
+            Output::StartTls { conn, .. } => queue.push(Input::TlsEstablished {
+                conn,
+                verified: false,
+            }),
+            Output::Close { conn } => {
+                self.conns.remove(&conn);
+            }
+            _ => {}
+        }
+    }
+
+    /// The server side: answers each complete command line.
+    fn server_input(&mut self, conn: ConnId, bytes: &[u8]) -> Vec<u8> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let server = self.servers.get(&c.ip).cloned().unwrap_or_default();
+        c.buf.extend_from_slice(bytes);
+        let mut out = String::new();
+        while let Some(pos) = c.buf.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = c.buf.drain(..pos + 2).collect();
+            let line = String::from_utf8_lossy(&line[..pos]).to_string();
+            if c.in_data {
+                continue;
+            }
+            let upper = line.to_ascii_uppercase();
+            if upper.starts_with("EHLO") {
+                if server.pipelining {
+                    out.push_str(
+                        "250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 50000000\r\n",
+                    );
+                } else {
+                    out.push_str("250-mx.test\r\n250 SIZE 50000000\r\n");
+                }
+            } else if upper.starts_with("HELO") {
+                out.push_str("250 mx.test\r\n");
+            } else if upper.starts_with("MAIL FROM") {
+                c.rcpts.clear();
+                out.push_str(&server.mail);
+                out.push_str("\r\n");
+            } else if upper.starts_with("RCPT TO:<") {
+                let addr = line[9..].split('>').next().unwrap_or("").to_lowercase();
+                let reply = server
+                    .rcpt
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| "250 2.1.5 ok".into());
+                if reply.starts_with('2') {
+                    c.rcpts.push(addr);
+                }
+                out.push_str(&reply);
+                out.push_str("\r\n");
+            } else if upper == "DATA" {
+                if c.rcpts.is_empty() {
+                    out.push_str("554 5.5.1 no valid recipients\r\n");
+                } else {
+                    c.in_data = true;
+                    out.push_str("354 go ahead\r\n");
+                }
+            } else if upper == "RSET" {
+                c.rcpts.clear();
+                out.push_str("250 ok\r\n");
+            } else if upper == "QUIT" {
+                out.push_str("221 bye\r\n");
+            } else if upper == "." {
+                out.push_str("250 ok\r\n");
+            } else {
+                out.push_str("500 5.5.2 what?\r\n");
+            }
+        }
+        out.into_bytes()
+    }
+
+    /// Advances virtual time through every timer up to `until`.
+    fn run_until(&mut self, until: Time) {
+        self.drain();
+        let mut guard = 0;
+        while let Some(t) = self.engine.poll_timeout() {
+            if t > until {
+                break;
+            }
+            guard += 1;
+            assert!(guard < 100_000, "timer storm");
+            self.now = self.now.max(t);
+            self.input(Input::Tick);
+        }
+        self.now = self.now.max(until);
+        self.input(Input::Tick);
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let until = self.now.plus(d);
+        self.run_until(until);
+    }
+
+    fn events(&self) -> Vec<(EventKind, String)> {
+        self.store
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::InsertEvent(e) => {
+                    let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap_or_default();
+                    Some((
+                        e.kind,
+                        v["data"]["recipient"].as_str().unwrap_or("").to_string(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn final_status(&self, addr: &str) -> Option<RecipientStatus> {
+        // The last UpdateRecipient for the address's recipient (one message per test
+        // unless stated otherwise), or the status it was inserted with.
+        let mut status = None;
+        let mut key = None;
+        for op in &self.store {
+            match op {
+                StoreOp::InsertMessage { message, .. } => {
+                    for r in &message.recipients {
+                        if r.address == addr {
+                            key = Some((message.id, r.idx));
+                            status = Some(r.status);
+                        }
+                    }
+                }
+                StoreOp::UpdateRecipient {
+                    message,
+                    idx,
+                    status: s,
+                    ..
+                } if key == Some((*message, *idx)) => status = Some(*s),
+                _ => {}
+            }
+        }
+        status
+    }
+
+    fn suppressed(&self) -> BTreeSet<String> {
+        self.store
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::AddSuppression(s) => Some(s.address.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn attempts(&self) -> Vec<crate::model::AttemptRecord> {
+        self.store
+            .iter()
+            .filter_map(|op| match op {
+                StoreOp::InsertAttempt(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+use crate::io::QueryKind as QueryKindAlias;
+
+fn input_summary(i: &Input) -> String {
+    match i {
+        Input::Received { conn, bytes } => {
+            format!("Received({conn:?}, {:?})", String::from_utf8_lossy(bytes))
+        }
+        Input::Submit(s) => format!("Submit({:?})", s.request),
+        other => format!("{other:?}").chars().take(200).collect(),
+    }
+}
+
+fn output_summary(o: &Output) -> String {
+    match o {
+        Output::Send { conn, bytes } => {
+            format!("Send({conn:?}, {:?})", String::from_utf8_lossy(bytes))
+        }
+        Output::Persist { batch, ops } => format!("Persist({batch:?}, {} ops)", ops.len()),
+        other => format!("{other:?}").chars().take(200).collect(),
+    }
+}
+
+#[test]
+fn delivers_and_acknowledges_only_after_persist() {
+    let mut w = World::new();
+    w.store_ok = true;
+    let req = w.submit_to(&["alice@example.org", "bob@example.org"]);
+    assert!(w.accepted.contains_key(&req), "{:#?}", w.log);
+    w.run_for(MIN);
+    assert_eq!(w.delivered.len(), 2, "{:#?}", w.log);
+    assert_eq!(
+        w.final_status("alice@example.org"),
+        Some(RecipientStatus::Delivered)
+    );
+    // One transaction for both recipients of the domain.
+    assert_eq!(w.connects.len(), 1);
+    let kinds: Vec<EventKind> = w.events().into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Queued,
+            EventKind::Queued,
+            EventKind::Delivered,
+            EventKind::Delivered
+        ]
+    );
+    // Spool deleted after the final batch.
+    assert_eq!(w.engine.pending_recipients(), 0);
+}
+
+#[test]
+fn store_failure_refuses_submission_and_keeps_nothing() {
+    let mut w = World::new();
+    w.store_ok = false;
+    let req = w.submit_to(&["alice@example.org"]);
+    let err = w.rejected.get(&req).cloned();
+    assert_eq!(
+        err.map(|e| e.kind),
+        Some(crate::io::SubmitErrorKind::Unavailable)
+    );
+    assert!(w.accepted.is_empty());
+    w.store_ok = true;
+    w.run_for(10 * MIN);
+    assert!(
+        w.connects.is_empty(),
+        "nothing may be sent for an unstored message"
+    );
+    assert_eq!(w.engine.pending_recipients(), 0);
+}
+
+#[test]
+fn temporary_failure_defers_then_delivers() {
+    let mut w = World::new();
+    w.servers.insert(
+        ip(1),
+        Server {
+            rcpt: [(
+                "alice@example.org".to_string(),
+                "450 4.2.1 try later".to_string(),
+            )]
+            .into(),
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["alice@example.org"]);
+    w.run_for(Duration::from_secs(10));
+    assert_eq!(
+        w.final_status("alice@example.org"),
+        Some(RecipientStatus::Deferred)
+    );
+    w.servers.insert(ip(1), Server::default());
+    w.run_for(2 * MIN);
+    assert_eq!(
+        w.final_status("alice@example.org"),
+        Some(RecipientStatus::Delivered),
+        "{:#?}",
+        w.log
+    );
+    let attempts = w.attempts();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].smtp_code, Some(450));
+    // Retried after about a minute (1m +-10%).
+    let gap = attempts[1].started_at.since(attempts[0].started_at);
+    assert!(
+        gap >= Duration::from_secs(54) && gap <= Duration::from_secs(67),
+        "{gap:?}"
+    );
+}
+
+#[test]
+fn hard_bounce_suppresses_and_next_send_is_suppressed_without_smtp() {
+    let mut w = World::new();
+    w.servers.insert(
+        ip(1),
+        Server {
+            rcpt: [
+                (
+                    "dead@example.org".to_string(),
+                    "550 5.1.1 user unknown".to_string(),
+                ),
+                (
+                    "blocked@example.org".to_string(),
+                    "550 5.7.1 blocked using a DNS block list".to_string(),
+                ),
+            ]
+            .into(),
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["dead@example.org", "blocked@example.org", "ok@example.org"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("dead@example.org"),
+        Some(RecipientStatus::Bounced)
+    );
+    assert_eq!(
+        w.final_status("blocked@example.org"),
+        Some(RecipientStatus::Bounced)
+    );
+    assert_eq!(
+        w.final_status("ok@example.org"),
+        Some(RecipientStatus::Delivered)
+    );
+    assert_eq!(w.suppressed(), ["dead@example.org".to_string()].into());
+    let connects = w.connects.len();
+    let req = w.submit_to(&["Dead@example.org"]);
+    assert_eq!(
+        w.accepted.get(&req).map(|r| r.recipients[0].status),
+        Some(RecipientStatus::Suppressed)
+    );
+    w.run_for(MIN);
+    assert_eq!(
+        w.connects.len(),
+        connects,
+        "a suppressed address is never contacted"
+    );
+    assert!(w.events().iter().any(|(k, _)| *k == EventKind::Suppressed));
+}
+
+#[test]
+fn first_mx_down_second_used() {
+    let mut w = World::new();
+    w.add_domain(
+        "two.test",
+        &[(10, "mx1.two.test", ip(20)), (20, "mx2.two.test", ip(21))],
+        Server::default(),
+    );
+    w.servers.insert(
+        ip(20),
+        Server {
+            refuse_connect: true,
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["x@two.test"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("x@two.test"),
+        Some(RecipientStatus::Delivered),
+        "{:#?}",
+        w.log
+    );
+    let ips: Vec<IpAddr> = w.connects.iter().map(|c| c.1).collect();
+    assert_eq!(ips, vec![ip(20), ip(21)]);
+    assert_eq!(w.attempts()[0].mx.as_deref(), Some("mx2.two.test"));
+}
+
+#[test]
+fn greeting_4xx_moves_to_next_mx() {
+    let mut w = World::new();
+    w.add_domain(
+        "g.test",
+        &[(10, "mx1.g.test", ip(30)), (20, "mx2.g.test", ip(31))],
+        Server::default(),
+    );
+    w.servers.insert(
+        ip(30),
+        Server {
+            greeting: "421 4.3.2 too busy".into(),
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["x@g.test"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("x@g.test"),
+        Some(RecipientStatus::Delivered),
+        "{:#?}",
+        w.log
+    );
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_and_suppress() {
+    let mut w = World::new();
+    w.mx.insert("null.test".into(), Ok(vec![(0, ".".into())]));
+    w.mx.insert("gone.test".into(), Err(DnsError::NxDomain));
+    w.submit_to(&["a@null.test", "b@gone.test"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("a@null.test"),
+        Some(RecipientStatus::Bounced)
+    );
+    assert_eq!(
+        w.final_status("b@gone.test"),
+        Some(RecipientStatus::Bounced)
+    );
+    assert!(w.connects.is_empty());
+}
+
+#[test]
+fn servfail_defers() {
+    let mut w = World::new();
+    w.mx.insert("flaky.test".into(), Err(DnsError::ServFail));
+    w.submit_to(&["a@flaky.test"]);
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(
+        w.final_status("a@flaky.test"),
+        Some(RecipientStatus::Deferred)
+    );
+    assert!(w.suppressed().is_empty());
+}
+
+#[test]
+fn no_mx_falls_back_to_address_records() {
+    let mut w = World::new();
+    w.mx.insert("bare.test".into(), Err(DnsError::NoRecords));
+    w.hosts.insert("bare.test".into(), vec![ip(40)]);
+    w.servers.insert(ip(40), Server::default());
+    w.submit_to(&["a@bare.test"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("a@bare.test"),
+        Some(RecipientStatus::Delivered),
+        "{:#?}",
+        w.log
+    );
+}
+
+#[test]
+fn breaker_opens_blocks_and_probes() {
+    let mut w = World::new();
+    w.add_domain(
+        "down.test",
+        &[(10, "mx.down.test", ip(50))],
+        Server::default(),
+    );
+    w.servers.insert(
+        ip(50),
+        Server {
+            refuse_connect: true,
+            ..Server::default()
+        },
+    );
+    for i in 0..8 {
+        w.submit_to(&[&format!("u{i}@down.test")]);
+    }
+    w.run_for(Duration::from_secs(5));
+    // Five connection failures open the breaker; the other messages wait.
+    assert_eq!(w.connects.len(), 5, "{:#?}", w.log);
+    let b = w.engine.breaker("down.test", w.now);
+    assert_eq!(b.as_ref().map(|b| b.state.as_str()), Some("open"));
+    assert!(b.is_some_and(|b| b.explanation.contains("next probe at")));
+    w.run_for(4 * MIN);
+    assert_eq!(w.connects.len(), 5, "no connection while open");
+    // Recovery: the probe succeeds and the breaker closes; everything is delivered.
+    w.servers.insert(ip(50), Server::default());
+    w.run_for(30 * MIN);
+    assert_eq!(
+        w.engine.breaker("down.test", w.now).map(|b| b.state),
+        Some("closed".into())
+    );
+    for i in 0..8 {
+        assert_eq!(
+            w.final_status(&format!("u{i}@down.test")),
+            Some(RecipientStatus::Delivered),
+            "{:#?}",
+            w.log
+        );
+    }
+}
+
+#[test]
+fn expires_after_max_age_in_every_state() {
+    let mut cfg = Config::default();
+    cfg.max_age = Duration::from_secs(3600);
+    let mut w = World::with_config(cfg, 1);
+    w.servers.insert(
+        ip(1),
+        Server {
+            mail: "451 4.3.0 try later".into(),
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["a@example.org"]);
+    w.run_for(Duration::from_secs(7200));
+    assert_eq!(
+        w.final_status("a@example.org"),
+        Some(RecipientStatus::Failed),
+        "{:#?}",
+        w.log
+    );
+    let failed = w.store.iter().any(|op| {
+        matches!(op, StoreOp::UpdateRecipient { status: RecipientStatus::Failed, reason: Some(r), at, .. }
+            if r.contains("expired") && *at <= T0.plus(Duration::from_secs(3600 + 600)))
+    });
+    assert!(
+        failed,
+        "failed with reason expired within max age + one attempt"
+    );
+    assert_eq!(w.engine.pending_recipients(), 0);
+}
+
+#[test]
+fn recovery_resumes_pending_and_warms_up_breakers() {
+    let mut w = World::new();
+    w.servers.insert(
+        ip(1),
+        Server {
+            refuse_connect: true,
+            ..Server::default()
+        },
+    );
+    for i in 0..6 {
+        w.submit_to(&[&format!("r{i}@example.org")]);
+    }
+    w.run_for(Duration::from_secs(5));
+    // Build the snapshot a store would hold.
+    let mut snap = Snapshot::default();
+    let mut messages: BTreeMap<MessageId, crate::model::MessageRecord> = BTreeMap::new();
+    for op in &w.store {
+        match op {
+            StoreOp::InsertMessage { message, .. } => {
+                messages.insert(message.id, message.clone());
+            }
+            StoreOp::UpdateRecipient {
+                message,
+                idx,
+                status,
+                attempts,
+                next_attempt_at,
+                ..
+            } => {
+                if let Some(r) = messages
+                    .get_mut(message)
+                    .and_then(|m| m.recipients.get_mut(*idx as usize))
+                {
+                    r.status = *status;
+                    r.attempts = *attempts;
+                    r.next_attempt_at = *next_attempt_at;
+                }
+            }
+            StoreOp::InsertAttempt(a) => snap.recent_attempts.push(a.clone()),
+            StoreOp::InsertEvent(e) => snap.last_event_seq = snap.last_event_seq.max(e.seq),
+            _ => {}
+        }
+    }
+    snap.messages = messages.into_values().collect();
+    let mut e2 = Engine::new(Config::default(), 7);
+    e2.handle(w.now, Input::Recovered(Box::new(snap.clone())));
+    assert_eq!(e2.pending_recipients(), 6);
+    assert_eq!(
+        e2.breaker("example.org", w.now).map(|b| b.state),
+        Some("open".into())
+    );
+    // Event numbering continues.
+    assert_eq!(e2.next_seq, snap.last_event_seq + 1);
+}
+
+#[test]
+fn same_seed_same_outputs() {
+    fn run(seed: u64) -> Vec<String> {
+        let mut w = World::with_config(Config::default(), seed);
+        w.add_domain(
+            "many.test",
+            &[
+                (10, "a.many.test", ip(60)),
+                (10, "b.many.test", ip(61)),
+                (10, "c.many.test", ip(62)),
+            ],
+            Server::default(),
+        );
+        w.servers.insert(
+            ip(60),
+            Server {
+                refuse_connect: true,
+                ..Server::default()
+            },
+        );
+        for i in 0..5 {
+            w.submit_to(&[&format!("x{i}@many.test"), "a@example.org"]);
+        }
+        w.run_for(10 * MIN);
+        w.log
+    }
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(4), "the seed should matter (ids, MX order)");
+}
+
+#[test]
+fn drain_stops_new_work() {
+    let mut w = World::new();
+    w.input(Input::Drain);
+    let req = w.submit_to(&["a@example.org"]);
+    assert!(w.rejected.contains_key(&req));
+    assert!(w.engine.is_drained());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+    /// Whatever the servers answer, every accepted recipient ends terminal by max age
+    /// (plus one attempt), statuses never leave a terminal state, and each status change
+    /// has exactly one event.
+    #[test]
+    fn scheduler_never_leaves_a_recipient_past_max_age(
+        seed in 0u64..1000,
+        replies in proptest::collection::vec(0usize..6, 1..6),
+    ) {
+        let mut cfg = Config::default();
+        cfg.max_age = Duration::from_secs(6 * 3600);
+        let mut w = World::with_config(cfg, seed);
+        let options = [
+            "250 2.1.5 ok", "450 4.2.1 later", "550 5.1.1 unknown", "421 4.7.0 slow down",
+            "552 5.2.2 full", "554 5.7.1 spam",
+        ];
+        let mut rcpt = BTreeMap::new();
+        for (i, r) in replies.iter().enumerate() {
+            rcpt.insert(format!("u{i}@example.org"), options[*r].to_string());
+        }
+        w.servers.insert(ip(1), Server { rcpt, ..Server::default() });
+        let addrs: Vec<String> = (0..replies.len()).map(|i| format!("u{i}@example.org")).collect();
+        let refs: Vec<&str> = addrs.iter().map(|s| s.as_str()).collect();
+        w.submit_to(&refs);
+        w.run_for(Duration::from_secs(7 * 3600));
+        prop_assert_eq!(w.engine.pending_recipients(), 0);
+        for a in &addrs {
+            let s = w.final_status(a);
+            prop_assert!(s.is_some_and(|s| s.is_terminal()), "{} ended {:?}", a, s);
+        }
+        // Terminal never overwritten: after a terminal update, no other update for it.
+        let mut terminal: BTreeSet<(MessageId, u32)> = BTreeSet::new();
+        let mut changes = 0usize;
+        for op in &w.store {
+            if let StoreOp::UpdateRecipient { message, idx, status, .. } = op {
+                prop_assert!(!terminal.contains(&(*message, *idx)));
+                if status.is_terminal() { terminal.insert((*message, *idx)); }
+                changes += 1;
+            }
+        }
+        let events = w.events().len();
+        // One queued event per recipient plus one per status change.
+        prop_assert_eq!(events, addrs.len() + changes);
+    }
+}
