@@ -497,15 +497,15 @@ mod tests {
 
     #[test]
     fn bad_flags_name_the_setting() {
-        let e = Settings::build(&args(&["--relay", "nohost"]), None).unwrap_err();
+        let e = Settings::build(&args(&["--relay", "nohost"]), None).expect_err("invalid");
         assert_eq!(e.setting, "relay");
-        let e = Settings::build(&args(&["--dns", "not-an-ip"]), None).unwrap_err();
+        let e = Settings::build(&args(&["--dns", "not-an-ip"]), None).expect_err("invalid");
         assert_eq!(e.setting, "dns");
-        let e = Settings::build(&args(&["--hostname", "bad host!"]), None).unwrap_err();
+        let e = Settings::build(&args(&["--hostname", "bad host!"]), None).expect_err("invalid");
         assert_eq!(e.setting, "hostname");
-        let e = Settings::build(&args(&["--mx-port", "0"]), None).unwrap_err();
+        let e = Settings::build(&args(&["--mx-port", "0"]), None).expect_err("invalid");
         assert_eq!(e.setting, "mx_port");
-        let e = Settings::build(&args(&[]), Some("short".into())).unwrap_err();
+        let e = Settings::build(&args(&[]), Some("short".into())).expect_err("invalid");
         assert_eq!(e.setting, "OUTPOST_ADMIN_KEY");
         assert!(Cli::try_parse_from(["outpost", "serve", "--shutdown-deadline", "soon"]).is_err());
     }
@@ -546,17 +546,17 @@ max_connections = 2
 
     #[test]
     fn bad_file_settings_are_named() {
-        let e = with_file("retry_schedule = []").unwrap_err();
+        let e = with_file("retry_schedule = []").expect_err("invalid");
         assert_eq!(e.setting, "retry_schedule");
-        let e = with_file("[breaker]\nfailure_threshold = 0").unwrap_err();
+        let e = with_file("[breaker]\nfailure_threshold = 0").expect_err("invalid");
         assert_eq!(e.setting, "breaker.failure_threshold");
-        let e = with_file("[domains.\"a.example\"]\nmax_connections = 0").unwrap_err();
+        let e = with_file("[domains.\"a.example\"]\nmax_connections = 0").expect_err("invalid");
         assert_eq!(e.setting, "domains.a.example.max_connections");
-        let e = with_file("max_agee = \"1d\"").unwrap_err();
+        let e = with_file("max_agee = \"1d\"").expect_err("invalid");
         assert_eq!(e.setting, "max_agee");
-        let e = with_file("max_age = \"forever\"").unwrap_err();
+        let e = with_file("max_age = \"forever\"").expect_err("invalid");
         assert!(e.to_string().contains("max_age"), "{e}");
-        let e = with_file("max_age = \"10s\"").unwrap_err();
+        let e = with_file("max_age = \"10s\"").expect_err("invalid");
         assert_eq!(e.setting, "max_age");
     }
 

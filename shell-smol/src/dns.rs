@@ -174,6 +174,14 @@ impl Dns {
     /// `server`: one DNS server (UDP, then TCP on truncation) or, if `None`, the system's
     /// configuration (resolv.conf).
     pub fn new(server: Option<SocketAddr>) -> Result<Dns, String> {
+        Self::with_timeout(server, None)
+    }
+
+    /// As `new`, with a per-query timeout other than hickory's default (5 s, 2 attempts).
+    pub fn with_timeout(
+        server: Option<SocketAddr>,
+        timeout: Option<Duration>,
+    ) -> Result<Dns, String> {
         let mut builder = match server {
             Some(addr) => {
                 let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
@@ -192,6 +200,10 @@ impl Dns {
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // The core caches answers itself (dns_cache_ttl); keep hickory's cache small.
         opts.cache_size = 64;
+        if let Some(t) = timeout {
+            opts.timeout = t;
+            opts.attempts = 1;
+        }
         let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
         Ok(Dns {
             resolver: std::sync::Arc::new(resolver),
@@ -416,7 +428,8 @@ mod tests {
     fn an_unanswered_query_times_out() {
         smol::block_on(async {
             let addr = responder();
-            let dns = Dns::new(Some(addr)).expect("resolver");
+            let dns =
+                Dns::with_timeout(Some(addr), Some(Duration::from_millis(500))).expect("resolver");
             let r = dns.resolve("slow.test.example", QueryKind::Mx).await;
             assert!(
                 matches!(r, Err(DnsError::Timeout)),

@@ -130,6 +130,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     tracing::info!(
         http = %settings.http,
         data = %settings.data_dir.display(),
+        admin_key = settings.admin_key.is_some(),
         relay = ?settings.engine.relay.as_ref().map(|r| format!("{}:{}", r.host, r.port)),
         "outpost started"
     );

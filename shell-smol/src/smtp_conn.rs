@@ -187,7 +187,13 @@ async fn run(
             }
             Event::Cmd(None) => return,
             Event::Cmd(Some(ConnCmd::Close)) => {
-                let _ = stream.close().or(Timer::after(CLOSE_GRACE).map_ok()).await;
+                let _ = stream
+                    .close()
+                    .or(async {
+                        Timer::after(CLOSE_GRACE).await;
+                        Ok(())
+                    })
+                    .await;
                 return;
             }
             Event::Cmd(Some(ConnCmd::Send(bytes))) => {
@@ -234,19 +240,6 @@ async fn run(
                     Event::Cmd(_) => return,
                 }
             }
-        }
-    }
-}
-
-trait MapOk {
-    fn map_ok(self) -> impl Future<Output = io::Result<()>>;
-}
-
-impl MapOk for Timer {
-    fn map_ok(self) -> impl Future<Output = io::Result<()>> {
-        async move {
-            self.await;
-            Ok(())
         }
     }
 }
