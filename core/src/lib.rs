@@ -16,6 +16,7 @@ pub mod sanitize;
 pub mod smtp;
 pub mod status;
 pub mod time;
+pub mod webhook;
 
 pub use config::Config;
 pub use engine::Engine;

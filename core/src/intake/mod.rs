@@ -1,58 +1,35 @@
-//! PLACEHOLDER: submission validation and message composition. The interface below is the
-//! contract with the engine; the implementation is being written.
-#![allow(dead_code, unused_variables)]
+//! Submission validation and message composition (pure).
+//!
+//! [`prepare`] turns a [`Submission`] (JSON API fields or a raw RFC 5322 message) into a
+//! [`PreparedMessage`]: validated envelope, deduplicated recipients and the wire-ready,
+//! dot-stuffed spool bytes. Same input => same bytes (the multipart boundary and the
+//! Message-ID derive from the message id; time comes in as `now`).
+//!
+//! Error codes (`SubmitError::code`) are stable; see the module docs of `compose` and
+//! `raw` and the table in `core/tests/intake_errors.rs`.
+
+mod address;
+mod compose;
+mod encode;
+mod hash;
+mod raw;
+mod wire;
+
+pub use address::{Address, AddressError, Mailbox, parse_address, parse_mailbox};
+pub use hash::request_hash;
+pub use wire::{dot_stuff, unstuff};
 
 use crate::ids::MessageId;
-use crate::io::{Submission, SubmitError};
-use crate::model::RecipientKind;
+use crate::io::{Submission, SubmissionContent, SubmitError, SubmitErrorKind};
+use crate::model::{RecipientKind, Source};
 use crate::time::Time;
+use address::AddrProblem;
 
 /// Limits intake enforces (from `Config`).
 #[derive(Clone, Debug)]
 pub struct IntakeLimits {
     pub max_message_size: u64,
     pub max_recipients: usize,
-}
-
-/// A parsed, validated email address.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Address {
-    /// Local part as given (may be UTF-8 when SMTPUTF8 is needed).
-    pub local: String,
-    /// Domain lowercased, in Unicode form as given/decoded (U-labels).
-    pub domain: String,
-    /// Domain in ASCII (IDNA A-labels), lowercase: the routing domain.
-    pub ascii_domain: String,
-}
-
-impl Address {
-    /// `local@domain` for the envelope: the ASCII domain when the local part is ASCII;
-    /// otherwise the UTF-8 form (needs SMTPUTF8).
-    pub fn envelope(&self) -> String {
-        format!("{}@{}", self.local, self.ascii_domain)
-    }
-    pub fn needs_smtputf8(&self) -> bool {
-        !self.local.is_ascii()
-    }
-    /// The key used in suppression lists: the envelope form, lowercased.
-    pub fn suppression_key(&self) -> String {
-        self.envelope().to_lowercase()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct AddressError(pub String);
-
-pub fn parse_address(s: &str) -> Result<Address, AddressError> {
-    let (local, domain) = s
-        .rsplit_once('@')
-        .ok_or_else(|| AddressError("missing @".into()))?;
-    Ok(Address {
-        local: local.to_string(),
-        domain: domain.to_lowercase(),
-        ascii_domain: domain.to_lowercase(),
-    })
 }
 
 /// One envelope recipient of a prepared message.
@@ -90,9 +67,152 @@ pub fn prepare(
     now: Time,
     limits: &IntakeLimits,
 ) -> Result<PreparedMessage, SubmitError> {
-    Err(SubmitError::invalid(
-        "from",
-        "not_implemented",
-        "intake not implemented",
-    ))
+    let mut prepared = match &submission.content {
+        SubmissionContent::Compose(req) => compose::compose(submission, req, id, now, limits)?,
+        SubmissionContent::Raw {
+            mail_from,
+            rcpt_to,
+            data,
+            smtputf8,
+        } => raw::raw(
+            submission,
+            raw::RawInput {
+                mail_from,
+                rcpt_to,
+                data,
+                smtputf8: *smtputf8,
+            },
+            id,
+            now,
+            limits,
+        )?,
+    };
+    prepared.request_hash = request_hash(&submission.content);
+    Ok(prepared)
+}
+
+/// The Message-ID outpost mints: `{id without prefix, lowercase}@{tenant domain}`, without
+/// angle brackets.
+pub fn mint_message_id(id: MessageId, tenant_domain: &str) -> String {
+    let id = id.to_string();
+    let bare = id.strip_prefix(MessageId::PREFIX).unwrap_or(&id);
+    format!(
+        "{}@{}",
+        bare.to_ascii_lowercase(),
+        tenant_ascii_domain(tenant_domain)
+    )
+}
+
+/// The tenant's domain in A-label form (it should already be, but a Unicode spelling must
+/// not end up raw in a header or be compared against an A-label).
+fn tenant_ascii_domain(tenant_domain: &str) -> String {
+    address::parse_domain(tenant_domain)
+        .map(|(_, ascii)| ascii)
+        .unwrap_or_else(|_| tenant_domain.to_ascii_lowercase())
+}
+
+fn invalid(field: &str, p: AddrProblem) -> SubmitError {
+    SubmitError::invalid(field, p.code, p.message)
+}
+
+/// 403 unless `addr` is exactly in the tenant's domain (no subdomains).
+fn check_tenant_domain(
+    addr: &Address,
+    tenant_domain: &str,
+    field: &str,
+) -> Result<(), SubmitError> {
+    if addr.ascii_domain == tenant_ascii_domain(tenant_domain) {
+        return Ok(());
+    }
+    Err(SubmitError {
+        kind: SubmitErrorKind::Forbidden,
+        code: "sender_domain_not_allowed".into(),
+        message: format!(
+            "the sender's domain must be {} (this key's domain)",
+            tenant_ascii_domain(tenant_domain)
+        ),
+        field: Some(field.to_string()),
+    })
+}
+
+fn too_large(size: u64, limits: &IntakeLimits) -> SubmitError {
+    SubmitError::new(
+        SubmitErrorKind::TooLarge,
+        "message_too_large",
+        format!(
+            "the message is {size} bytes; the limit is {} bytes",
+            limits.max_message_size
+        ),
+    )
+}
+
+/// Names of the envelope fields as the submitter knows them: the API's `from`/`to`, or
+/// SMTP's MAIL FROM / RCPT TO.
+fn envelope_fields(source: Source) -> (&'static str, &'static str) {
+    match source {
+        Source::Api => ("from", "to"),
+        Source::Smtp => ("mail_from", "rcpt_to"),
+    }
+}
+
+/// Adds recipients in order, dropping later duplicates (case-insensitive on the envelope
+/// form; the first occurrence's kind wins, so a Bcc never overrides a visible To/Cc).
+#[derive(Default)]
+struct Recipients {
+    list: Vec<PreparedRecipient>,
+    seen: std::collections::BTreeSet<String>,
+}
+
+impl Recipients {
+    /// Returns whether the address was new.
+    fn add(&mut self, address: Address, kind: RecipientKind) -> bool {
+        if self.seen.insert(address.suppression_key()) {
+            self.list.push(PreparedRecipient { address, kind });
+            true
+        } else {
+            false
+        }
+    }
+
+    fn check_count(&self, limits: &IntakeLimits, field: &str) -> Result<(), SubmitError> {
+        if self.list.is_empty() {
+            return Err(SubmitError::invalid(
+                field,
+                "no_recipients",
+                "at least one recipient is required",
+            ));
+        }
+        if self.list.len() > limits.max_recipients {
+            return Err(SubmitError::invalid(
+                field,
+                "too_many_recipients",
+                format!(
+                    "{} distinct recipients; at most {} are allowed",
+                    self.list.len(),
+                    limits.max_recipients
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The last checks shared by both paths: every line within 998 octets, the size limit, and
+/// the dot-stuffed wire form.
+fn finish_wire(message: &[u8], limits: &IntakeLimits, field: &str) -> Result<Vec<u8>, SubmitError> {
+    if wire::longest_line(message) > encode::HARD_LIMIT {
+        return Err(SubmitError::invalid(
+            field,
+            "line_too_long",
+            format!(
+                "a line is longer than {} octets (RFC 5322)",
+                encode::HARD_LIMIT
+            ),
+        ));
+    }
+    let size = message.len() as u64;
+    if size > limits.max_message_size {
+        return Err(too_large(size, limits));
+    }
+    Ok(dot_stuff(message))
 }

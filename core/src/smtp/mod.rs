@@ -2,16 +2,19 @@
 //! command writing (commands and dot-stuffing are ours; smtp-proto parses replies and
 //! EHLO capabilities).
 
+pub mod capabilities;
 pub mod client;
+pub mod command;
 pub mod reply;
 
 use serde::{Deserialize, Serialize};
 
+pub use capabilities::Capabilities;
 pub use client::{
     ClientSession, Envelope, SessionAction, SessionConfig, SessionError, SessionEvent, TlsMode,
     TransactionReport,
 };
-pub use reply::Reply;
+pub use reply::{RawReply, Reply, ReplyError, ReplyReader};
 
 /// Where in the delivery an outcome happened.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
