@@ -507,7 +507,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs the core's intake (not on main yet)"]
     fn a_submission_is_delivered_through_the_relay_and_shutdown_drains() {
         let (port, got) = smtp_sink();
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
