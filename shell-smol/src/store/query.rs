@@ -150,6 +150,14 @@ fn attach_recipients(conn: &Connection, messages: &mut [MessageRecord]) -> Resul
     Ok(())
 }
 
+pub(super) const LIST_MESSAGES_SQL: &str = "SELECT id, tenant_id, source, message_id_header, \
+     mail_from, subject, tags, size, smtputf8, eight_bit, created_at, expires_at FROM messages \
+     WHERE tenant_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3";
+pub(super) const LIST_MESSAGES_BY_STATUS_SQL: &str = "SELECT id, tenant_id, source, \
+     message_id_header, mail_from, subject, tags, size, smtputf8, eight_bit, created_at, \
+     expires_at FROM messages \
+     WHERE tenant_id = ?1 AND id < ?2 AND status = ?4 ORDER BY id DESC LIMIT ?3";
+
 /// One page of the send log, newest first: messages older than `before` (the cursor),
 /// optionally with this derived status. Two queries.
 pub fn list_messages(
@@ -159,23 +167,24 @@ pub fn list_messages(
     before: Option<MessageId>,
     limit: usize,
 ) -> Result<Vec<MessageRecord>, StoreError> {
-    let before = before.map(|b| b.to_string());
-    let mut messages: Vec<MessageRecord> = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE tenant_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3)
-             ORDER BY id DESC LIMIT ?4"
-        ))?
-        .query_map(
-            params![
-                u64_to_sql(tenant.0),
-                status.map(|s| s.as_str()),
-                before,
-                limit as i64
-            ],
-            message_row,
-        )?
-        .collect::<Result<_, _>>()?;
+    // Ids are `msg_` + fixed-width base32: "msg_~" sorts after every one of them.
+    let before = before.map_or_else(|| "msg_~".to_string(), |b| b.to_string());
+    let mut messages: Vec<MessageRecord> = match status {
+        None => conn
+            .prepare_cached(LIST_MESSAGES_SQL)?
+            .query_map(
+                params![u64_to_sql(tenant.0), before, limit as i64],
+                message_row,
+            )?
+            .collect::<Result<_, _>>()?,
+        Some(status) => conn
+            .prepare_cached(LIST_MESSAGES_BY_STATUS_SQL)?
+            .query_map(
+                params![u64_to_sql(tenant.0), before, limit as i64, status.as_str()],
+                message_row,
+            )?
+            .collect::<Result<_, _>>()?,
+    };
     attach_recipients(conn, &mut messages)?;
     Ok(messages)
 }
@@ -215,22 +224,24 @@ pub fn list_events(
     kind: Option<EventKind>,
     limit: usize,
 ) -> Result<Vec<(u64, String)>, StoreError> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT seq, payload FROM events
-             WHERE tenant_id = ?1 AND seq > ?2 AND (?3 IS NULL OR kind = ?3)
-             ORDER BY seq LIMIT ?4",
-        )?
-        .query_map(
-            params![
-                u64_to_sql(tenant.0),
-                u64_to_sql(after),
-                kind.map(|k| k.as_str()),
-                limit as i64
-            ],
-            |r| Ok((u64_from_sql(r.get(0)?), r.get(1)?)),
-        )?
-        .collect::<Result<_, _>>()?;
+    let row = |r: &rusqlite::Row<'_>| Ok((u64_from_sql(r.get(0)?), r.get(1)?));
+    let (tenant, after, limit) = (u64_to_sql(tenant.0), u64_to_sql(after), limit as i64);
+    let rows = match kind {
+        None => conn
+            .prepare_cached(
+                "SELECT seq, payload FROM events WHERE tenant_id = ?1 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![tenant, after, limit], row)?
+            .collect::<Result<_, _>>()?,
+        Some(kind) => conn
+            .prepare_cached(
+                "SELECT seq, payload FROM events WHERE tenant_id = ?1 AND kind = ?4 AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?
+            .query_map(params![tenant, after, limit, kind.as_str()], row)?
+            .collect::<Result<_, _>>()?,
+    };
     Ok(rows)
 }
 
@@ -245,22 +256,25 @@ pub fn list_suppressions(
         .prepare_cached(
             "SELECT tenant_id, address, source, reason, category, smtp_code, enhanced_code,
                 event_id, created_at
-             FROM suppressions WHERE tenant_id = ?1 AND (?2 IS NULL OR address > ?2)
+             FROM suppressions WHERE tenant_id = ?1 AND address > ?2
              ORDER BY address LIMIT ?3",
         )?
-        .query_map(params![u64_to_sql(tenant.0), after, limit as i64], |r| {
-            Ok(SuppressionRecord {
-                tenant: TenantId(u64_from_sql(r.get(0)?)),
-                address: r.get(1)?,
-                source: get_parsed(r, 2, "suppression source", suppression_source_parse)?,
-                reason: r.get(3)?,
-                category: get_parsed_opt(r, 4, "category", Category::parse)?,
-                smtp_code: r.get(5)?,
-                enhanced_code: r.get(6)?,
-                event: get_parsed_opt(r, 7, "event id", |s| s.parse::<EventId>().ok())?,
-                created_at: time_from_sql(r.get(8)?),
-            })
-        })?
+        .query_map(
+            params![u64_to_sql(tenant.0), after.unwrap_or(""), limit as i64],
+            |r| {
+                Ok(SuppressionRecord {
+                    tenant: TenantId(u64_from_sql(r.get(0)?)),
+                    address: r.get(1)?,
+                    source: get_parsed(r, 2, "suppression source", suppression_source_parse)?,
+                    reason: r.get(3)?,
+                    category: get_parsed_opt(r, 4, "category", Category::parse)?,
+                    smtp_code: r.get(5)?,
+                    enhanced_code: r.get(6)?,
+                    event: get_parsed_opt(r, 7, "event id", |s| s.parse::<EventId>().ok())?,
+                    created_at: time_from_sql(r.get(8)?),
+                })
+            },
+        )?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
@@ -319,14 +333,14 @@ pub fn list_deliveries(
             "SELECT d.endpoint_id, d.event_id, d.event_seq, d.tenant_id, d.state, d.attempts,
                 d.next_attempt_at, d.updated_at, e.kind
              FROM webhook_deliveries d LEFT JOIN events e ON e.id = d.event_id
-             WHERE d.endpoint_id = ?1 AND d.tenant_id = ?2 AND (?3 IS NULL OR d.event_seq < ?3)
+             WHERE d.endpoint_id = ?1 AND d.tenant_id = ?2 AND d.event_seq < ?3
              ORDER BY d.event_seq DESC LIMIT ?4",
         )?
         .query_map(
             params![
                 ep,
                 u64_to_sql(tenant.0),
-                before_seq.map(u64_to_sql),
+                before_seq.map_or(i64::MAX, u64_to_sql),
                 limit as i64
             ],
             |r| {

@@ -57,8 +57,8 @@ CREATE TABLE messages (
 -- Send log: newest first per tenant, optionally by status.
 CREATE INDEX messages_tenant ON messages(tenant_id, id);
 CREATE INDEX messages_tenant_status ON messages(tenant_id, status, id);
--- Live set (recovery, spool scan).
-CREATE INDEX messages_live ON messages(id) WHERE status IN ('queued','sending','deferred');
+-- Live set (recovery, spool scan): status IN ('queued','sending','deferred').
+CREATE INDEX messages_status ON messages(status, id);
 -- Idempotency keys (recovery by age; several rows may share a key across windows).
 CREATE INDEX messages_idem ON messages(created_at) WHERE idem_key IS NOT NULL;
 CREATE INDEX messages_idem_key ON messages(tenant_id, idem_key) WHERE idem_key IS NOT NULL;

@@ -598,3 +598,90 @@ fn keys_are_stored_hashed_and_tenants_created_once() {
         Some(t1)
     );
 }
+
+#[test]
+fn list_queries_use_indexes_without_sorting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plan = |sql: &str| -> String {
+        let vals = ["1", "msg_~", "10", "queued"];
+        let n = sql.matches('?').count();
+        store
+            .read(|c| {
+                let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let rows = st
+                    .query_map(rusqlite::params_from_iter(vals.iter().take(n)), |r| {
+                        r.get::<_, String>(3)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows.join(" | "))
+            })
+            .unwrap()
+    };
+    for sql in [query::LIST_MESSAGES_SQL, query::LIST_MESSAGES_BY_STATUS_SQL] {
+        let p = plan(sql);
+        assert!(
+            p.contains("USING INDEX") || p.contains("USING PRIMARY KEY"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+    }
+    let p = plan("SELECT id FROM messages WHERE status IN ('queued','sending','deferred')");
+    assert!(
+        p.contains("SEARCH messages USING COVERING INDEX messages_status"),
+        "{p}"
+    );
+}
+
+#[test]
+fn commit_group_isolates_a_constraint_failure_between_good_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, c) = (msg_id(1, T0), msg_id(2, T0), msg_id(3, T0));
+    let ev = event(1, 1, a, EventKind::Queued);
+    let mut clash = event(1, 1, b, EventKind::Queued);
+    clash.id = EventId(ulid(T0, 4242));
+    let results = store
+        .read(|conn| {
+            Ok(writer::commit_group(
+                conn,
+                dir.path(),
+                vec![
+                    (
+                        BatchId(1),
+                        vec![
+                            insert(message(a, 1, &["x@d.example"])),
+                            StoreOp::InsertEvent(ev),
+                        ],
+                    ),
+                    (
+                        BatchId(2),
+                        vec![
+                            insert(message(b, 1, &["y@d.example"])),
+                            StoreOp::InsertEvent(clash),
+                        ],
+                    ),
+                    (
+                        BatchId(3),
+                        vec![
+                            insert(message(c, 1, &["z@d.example"])),
+                            update(a, 0, RecipientStatus::Sending, T0),
+                        ],
+                    ),
+                ],
+            ))
+        })
+        .unwrap();
+    assert_eq!(results[0], (BatchId(1), Ok(())));
+    assert!(results[1].1.is_err());
+    assert_eq!(results[2], (BatchId(3), Ok(())));
+    let snap = snapshot(&store);
+    let ids: Vec<MessageId> = snap.messages.iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![a, c]);
+    assert_eq!(
+        snap.messages[0].recipients[0].status,
+        RecipientStatus::Sending
+    );
+    assert_eq!(snap.last_event_seq, 1);
+    assert!(!spool_path(dir.path(), b).exists());
+}
