@@ -1,9 +1,6 @@
 //! The HTTP API's way into the engine loop (`EngineGateway`), over the loop's channel.
 //! Called from HTTP worker threads: every call blocks until the loop answers.
 
-// Called by the HTTP API, which arrives with the store branch.
-#![allow(dead_code)]
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,19 +11,8 @@ use outpost_core::io::{
     AdminCommand, AdminError, AdminReply, Receipt, Submission, SubmitError, SubmitErrorKind,
 };
 
+use crate::api::EngineGateway;
 use crate::runtime::{LoopHandle, Msg};
-
-// Until the `store` branch (which owns `api/`) is merged, a copy of the agreed trait.
-pub trait EngineGateway: Send + Sync {
-    /// Blocking (called from HTTP worker threads): submit and wait for the engine's answer.
-    /// The gateway assigns the RequestId.
-    fn submit(&self, submission: Submission) -> Result<Receipt, SubmitError>;
-    fn admin(&self, command: AdminCommand) -> Result<AdminReply, AdminError>;
-    fn breakers(&self) -> Vec<BreakerView>;
-    fn queue(&self) -> Vec<QueueView>;
-    /// False while shutting down (HTTP answers 503).
-    fn accepting(&self) -> bool;
-}
 
 /// How long an HTTP request waits for the engine (a store write included).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

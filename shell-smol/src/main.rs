@@ -1,6 +1,6 @@
 //! outpost: the outbound email delivery daemon (smol + async-io shell around outpost-core).
 
-// Until the API is wired, parts of it are used only by tests.
+// Parts of the API are used only by its tests.
 #[allow(dead_code)]
 mod api;
 mod config;
@@ -132,14 +132,32 @@ fn serve(args: &ServeArgs) -> ExitCode {
     });
 
     let gateway = std::sync::Arc::new(gateway::Gateway::new(handle.clone()));
-    let _ = &gateway;
+    let api_settings = api::ApiSettings {
+        allow_private_webhooks: settings.allow_private_webhooks,
+        ..Default::default()
+    };
+    let api = match api::serve(
+        &settings.http.to_string(),
+        store,
+        gateway,
+        settings.admin_key.as_deref().map(api::hash_key),
+        api_settings,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the HTTP API");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     tracing::info!(
-        http = %settings.http,
+        http = %api.local_addr(),
         data = %settings.data_dir.display(),
         admin_key = settings.admin_key.is_some(),
         relay = ?settings.engine.relay.as_ref().map(|r| format!("{}:{}", r.host, r.port)),
         "outpost started"
     );
     smol::block_on(rt.run());
+    api.stop();
+    tracing::info!("bye");
     ExitCode::SUCCESS
 }

@@ -32,8 +32,6 @@ pub fn now() -> Time {
 }
 
 /// A message to the engine loop.
-// The request variants are sent by the gateway, which the API (store branch) calls.
-#[allow(dead_code)]
 pub enum Msg {
     /// A fact from the world (connections, DNS, store, webhooks, spool scans).
     Input(Input),
@@ -72,7 +70,6 @@ pub struct Runtime {
 
 /// Handles for the rest of the daemon.
 #[derive(Clone)]
-#[allow(dead_code)]
 pub struct LoopHandle {
     pub tx: Sender<Msg>,
     /// False once shutting down (intake answers 503).
@@ -308,7 +305,7 @@ impl Runtime {
                 }
             }
             Output::SubmitAccepted { request, receipt } => {
-                tracing::info!(message = %receipt.id, recipients = receipt.recipients.len(), "message accepted");
+                tracing::info!(message_id = %receipt.id, recipients = receipt.recipients.len(), "message accepted");
                 if let Some(r) = self.submits.remove(&request) {
                     let _ = r.try_send(Ok(receipt));
                 }
@@ -352,7 +349,7 @@ impl Runtime {
                 }
             }
             Output::SendSpool { conn, message } => {
-                tracing::debug!(conn = conn.0, %message, "sending message data");
+                tracing::debug!(conn = conn.0, message_id = %message, "sending message data");
                 if let Some(c) = self.conns.get(&conn) {
                     c.command(ConnCmd::SendSpool(spool_path(&self.deps.data_dir, message)));
                 }
@@ -408,7 +405,7 @@ impl Runtime {
                 let store = self.deps.store.clone();
                 smol::spawn(async move {
                     if let Err(e) = smol::unblock(move || store.delete_spool(&[message])).await {
-                        tracing::warn!(%message, error = %e, "deleting the spool file failed");
+                        tracing::warn!(message_id = %message, error = %e, "deleting the spool file failed");
                     }
                 })
                 .detach();
@@ -439,7 +436,8 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::{EngineGateway, Gateway};
+    use crate::api::EngineGateway;
+    use crate::gateway::Gateway;
     use async_io::Async;
     use futures_lite::io::BufReader;
     use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
