@@ -36,7 +36,7 @@ pub enum Admission {
     Wait(Time),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Breaker {
     consecutive_failures: u32,
     /// Times it opened since it last closed (for doubling).
@@ -46,20 +46,6 @@ pub struct Breaker {
     probe_in_flight: bool,
     forced_open: bool,
     last_failure: Option<String>,
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Breaker {
-            consecutive_failures: 0,
-            open_streak: 0,
-            opened_at: None,
-            open_until: None,
-            probe_in_flight: false,
-            forced_open: false,
-            last_failure: None,
-        }
-    }
 }
 
 impl Breaker {
@@ -218,8 +204,9 @@ pub fn warm_up(
 ) -> BTreeMap<String, Breaker> {
     let since = now.minus(cfg.warmup_window);
     // Distinct (message, attempt) per domain: rows of one transaction share them.
-    let mut per_domain: BTreeMap<&str, BTreeMap<(MessageId, u32), (Time, bool, &str)>> =
-        BTreeMap::new();
+    // domain -> (message, attempt) -> (first start, any destination failure, reply)
+    type Attempts<'a> = BTreeMap<(MessageId, u32), (Time, bool, &'a str)>;
+    let mut per_domain: BTreeMap<&str, Attempts<'_>> = BTreeMap::new();
     for a in history
         .iter()
         .filter(|a| a.started_at >= since && a.started_at <= now)

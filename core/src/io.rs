@@ -15,6 +15,9 @@ use crate::status::{MessageStatus, RecipientStatus};
 use crate::time::Time;
 
 /// A fact the shell reports to the engine.
+// Inputs are built, moved into `handle` once and dropped: never stored in bulk, so a
+// large variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Input {
     /// Time passed (`poll_timeout` was reached, or any wake-up).

@@ -298,20 +298,33 @@ impl Engine {
 
     /// Gives a transaction to an idle session.
     fn assign(&mut self, now: Time, conn: ConnId, txn: Txn) {
-        let env = self.envelope(&txn);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.idle_deadline = None;
         c.txn = Some(txn);
-        if let (Some(session), Some(env)) = (c.session.as_mut(), env) {
-            if session.start_transaction(now, env) {
-                if let Some(t) = c.txn.as_mut() {
-                    t.started = true;
-                }
-            }
-        }
+        self.start_assigned(now, conn);
         self.process_session(now, conn);
+    }
+
+    /// Hands the connection's assigned transaction to its session (when the session is
+    /// ready; otherwise it starts on the session's `Ready`).
+    fn start_assigned(&mut self, now: Time, id: ConnId) {
+        let env = match self.conns.get(&id).and_then(|c| c.txn.as_ref()) {
+            Some(txn) if !txn.started => self.envelope(txn),
+            _ => None,
+        };
+        let Some(env) = env else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let started = c
+            .session
+            .as_mut()
+            .is_some_and(|s| s.start_transaction(now, env));
+        if let Some(t) = c.txn.as_mut() {
+            t.started |= started;
+        }
     }
 
     // ---- routing and DNS ----
@@ -927,18 +940,8 @@ impl Engine {
     fn on_session_ready(&mut self, now: Time, id: ConnId) {
         let Some(c) = self.conns.get(&id) else { return };
         let domain = c.domain.clone();
-        if let Some(txn) = c.txn.as_ref().filter(|t| !t.started).cloned() {
-            let env = self.envelope(&txn);
-            if let (Some(c), Some(env)) = (self.conns.get_mut(&id), env) {
-                if let Some(s) = c.session.as_mut() {
-                    if s.start_transaction(now, env) {
-                        if let Some(t) = c.txn.as_mut() {
-                            t.started = true;
-                        }
-                    }
-                }
-            }
-            return;
+        if c.txn.as_ref().is_some_and(|t| !t.started) {
+            return self.start_assigned(now, id);
         }
         let limit = self.cfg.destination.max_messages_per_connection;
         let can_take = !self.draining && c.sent < limit;

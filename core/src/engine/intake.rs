@@ -319,19 +319,18 @@ impl Engine {
             IdempotencyState::InFlight { message, .. } if *message == id => Some(k.clone()),
             _ => None,
         });
-        if let Some(key) = key {
-            if let Some(IdempotencyState::InFlight { waiters, .. }) = self.idempotency.remove(&key)
-            {
-                for w in waiters {
-                    self.reject(
-                        w,
-                        SubmitError::new(
-                            SubmitErrorKind::Unavailable,
-                            "storage_unavailable",
-                            "the message could not be stored; nothing was kept, try again",
-                        ),
-                    );
-                }
+        if let Some(key) = key
+            && let Some(IdempotencyState::InFlight { waiters, .. }) = self.idempotency.remove(&key)
+        {
+            for w in waiters {
+                self.reject(
+                    w,
+                    SubmitError::new(
+                        SubmitErrorKind::Unavailable,
+                        "storage_unavailable",
+                        "the message could not be stored; nothing was kept, try again",
+                    ),
+                );
             }
         }
     }

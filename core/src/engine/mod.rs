@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::Breaker;
 use crate::config::Config;
-use crate::ids::{BatchId, ConnId, MessageId, PostId, QueryId, TenantId};
+use crate::ids::{BatchId, ConnId, MessageId, QueryId, TenantId};
 use crate::io::{Input, Output};
 use crate::model::{RecipientKind, Source};
 use crate::status::RecipientStatus;
@@ -97,13 +97,12 @@ pub struct Engine {
     pub(crate) batches: BTreeMap<BatchId, PendingBatch>,
     pub(crate) suppressions: BTreeSet<(TenantId, String)>,
     pub(crate) idempotency: BTreeMap<(TenantId, String), IdempotencyState>,
-    pub(crate) webhooks: webhooks::Webhooks,
+    pub(crate) webhooks: crate::webhook::WebhookDispatcher,
     /// Destinations whose queue changed since the last pump.
     pub(crate) dirty: BTreeSet<String>,
     pub(crate) next_batch: u64,
     pub(crate) next_conn: u64,
     pub(crate) next_query: u64,
-    #[allow(dead_code)] // used once webhook posting lands
     pub(crate) next_post: u64,
     pub(crate) next_seq: u64,
     pub(crate) draining: bool,
@@ -159,7 +158,7 @@ pub struct QueueView {
 
 impl Engine {
     pub fn new(config: Config, seed: u64) -> Engine {
-        let webhooks = webhooks::Webhooks::new(&config);
+        let webhooks = webhooks::dispatcher(&config);
         Engine {
             cfg: config,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -337,13 +336,6 @@ impl Engine {
         id
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn next_post_id(&mut self) -> PostId {
-        let id = PostId(self.next_post);
-        self.next_post += 1;
-        id
-    }
-
     fn run_timers(&mut self, now: Time) {
         // Bounded by the number of timers due; each handler may add timers, but only
         // later ones or ones it has just handled away.
@@ -406,10 +398,9 @@ impl Engine {
             in_memory.extend(b.messages());
         }
         if let Ok(orphans) = crate::spool::orphans(_now, self.cfg.max_age, files, live, &in_memory)
+            && !orphans.is_empty()
         {
-            if !orphans.is_empty() {
-                self.emit(Output::DeleteOrphans { messages: orphans });
-            }
+            self.emit(Output::DeleteOrphans { messages: orphans });
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::status::{RecipientStatus, transition};
 use crate::time::Time;
 
 use super::persist::AckAction;
+use super::webhooks::PersistedEvent;
 use super::{Engine, Timer};
 
 /// What an event says beyond the status.
@@ -88,7 +89,7 @@ impl Engine {
         status: RecipientStatus,
         info: &EventInfo,
         ops: &mut Vec<StoreOp>,
-        events: &mut Vec<EventRecord>,
+        events: &mut Vec<PersistedEvent>,
     ) -> Option<EventId> {
         let kind = EventKind::for_status(status)?;
         let event_id = EventId(self.mint_id(now));
@@ -119,14 +120,10 @@ impl Engine {
             payload: Arc::from(body),
         };
         self.next_seq += 1;
+        let rows = self.webhooks.deliveries_for(&record, now);
         ops.push(StoreOp::InsertEvent(record.clone()));
-        ops.extend(
-            self.webhooks
-                .deliveries_for(&record, now)
-                .into_iter()
-                .map(StoreOp::UpsertWebhookDelivery),
-        );
-        events.push(record);
+        ops.extend(rows.iter().cloned().map(StoreOp::UpsertWebhookDelivery));
+        events.push((record, rows));
         Some(event_id)
     }
 
@@ -218,12 +215,12 @@ impl Engine {
         let mut ops = Vec::new();
         let mut events = Vec::new();
         for (idx, domain, attempts) in victims {
-            if let Some(d) = self.dests.get_mut(&domain) {
-                if let Some(set) = d.ready.get_mut(&id) {
-                    set.remove(&idx);
-                    if set.is_empty() {
-                        d.ready.remove(&id);
-                    }
+            if let Some(d) = self.dests.get_mut(&domain)
+                && let Some(set) = d.ready.get_mut(&id)
+            {
+                set.remove(&idx);
+                if set.is_empty() {
+                    d.ready.remove(&id);
                 }
             }
             let info = EventInfo {
@@ -262,16 +259,16 @@ impl Engine {
         reason: &str,
         info: &EventInfo,
         ops: &mut Vec<StoreOp>,
-        events: &mut Vec<EventRecord>,
+        events: &mut Vec<PersistedEvent>,
     ) -> Option<EventId> {
         let r = self.messages.get_mut(&id)?.rcpts.get_mut(idx as usize)?;
         let to = transition(r.status, to).ok()?;
         r.status = to;
         let attempts = r.attempts;
-        if to.is_terminal() {
-            if let Some(old) = r.next_attempt_at.take() {
-                self.clear_timer(old, &super::Timer::Due(id, idx));
-            }
+        if to.is_terminal()
+            && let Some(old) = r.next_attempt_at.take()
+        {
+            self.clear_timer(old, &super::Timer::Due(id, idx));
         }
         ops.push(StoreOp::UpdateRecipient {
             message: id,
@@ -295,7 +292,7 @@ impl Engine {
         _now: Time,
         id: MessageId,
         ops: Vec<StoreOp>,
-        events: Vec<EventRecord>,
+        events: Vec<PersistedEvent>,
     ) {
         let mut acks = vec![AckAction::Events(events)];
         let done = self
@@ -335,7 +332,7 @@ impl Engine {
         idx: u32,
         o: &AttemptOutcome,
         ops: &mut Vec<StoreOp>,
-        events: &mut Vec<EventRecord>,
+        events: &mut Vec<PersistedEvent>,
     ) {
         let Some(m) = self.messages.get(&id) else {
             return;

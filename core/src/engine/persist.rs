@@ -6,9 +6,10 @@ use core::time::Duration;
 
 use crate::ids::{BatchId, MessageId, RequestId, TenantId};
 use crate::io::{AdminError, AdminReply, Output, SubmitError, SubmitErrorKind};
-use crate::model::{EventRecord, StoreOp};
+use crate::model::StoreOp;
 use crate::time::Time;
 
+use super::webhooks::PersistedEvent;
 use super::{Engine, Timer};
 
 /// Work that waits for a batch to be durable.
@@ -20,7 +21,7 @@ pub(crate) enum AckAction {
         message: MessageId,
     },
     /// Post these events (they are in the batch).
-    Events(Vec<EventRecord>),
+    Events(Vec<PersistedEvent>),
     /// The message is final: its spool file may go.
     DeleteSpool(MessageId),
     /// Answer an admin call.
@@ -85,7 +86,7 @@ impl Engine {
                 AckAction::Accept { request, message } => {
                     self.on_message_committed(now, request, message)
                 }
-                AckAction::Events(events) => self.webhooks.events_persisted(now, events),
+                AckAction::Events(events) => self.events_persisted(events),
                 AckAction::DeleteSpool(message) => self.emit(Output::DeleteSpool { message }),
                 AckAction::Admin { request, reply } => self.emit(Output::AdminAnswer {
                     request,

@@ -79,7 +79,7 @@ impl Engine {
             }
         }
         self.webhooks
-            .restore(now, snapshot.endpoints, snapshot.pending_deliveries);
+            .restore(snapshot.endpoints, snapshot.pending_deliveries, now);
         let first_scan = now.plus(self.cfg.spool_cleanup_interval);
         self.set_timer(first_scan, Timer::SpoolScan);
     }

@@ -64,6 +64,10 @@ struct World {
     /// (ip, rcpt) delivered at end of data.
     delivered: Vec<(IpAddr, String)>,
     connects: Vec<(Time, IpAddr, String)>,
+    /// Webhook POSTs: (event id header, signature header, body); answered with `hook_status`.
+    posts: Vec<(Time, String, String, String)>,
+    hook_status: u16,
+    admin: BTreeMap<RequestId, Result<crate::io::AdminReply, crate::io::AdminError>>,
     log: Vec<String>,
     next_req: u64,
 }
@@ -93,6 +97,9 @@ impl World {
             rejected: BTreeMap::new(),
             delivered: Vec::new(),
             connects: Vec::new(),
+            posts: Vec::new(),
+            hook_status: 200,
+            admin: BTreeMap::new(),
             log: Vec::new(),
             next_req: 1,
         };
@@ -251,6 +258,34 @@ impl World {
                 conn,
                 verified: false,
             }),
+            Output::PostWebhook {
+                post,
+                headers,
+                body,
+                ..
+            } => {
+                let h = |n: &str| {
+                    headers
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                self.posts.push((
+                    self.now,
+                    h("webhook-id"),
+                    h("webhook-signature"),
+                    body.to_string(),
+                ));
+                queue.push(Input::WebhookResult {
+                    post,
+                    result: Ok(self.hook_status),
+                    duration_ms: 3,
+                });
+            }
+            Output::AdminAnswer { request, result } => {
+                self.admin.insert(request, result);
+            }
             Output::Close { conn } => {
                 self.conns.remove(&conn);
             }
@@ -710,8 +745,10 @@ fn breaker_opens_blocks_and_probes() {
 
 #[test]
 fn expires_after_max_age_in_every_state() {
-    let mut cfg = Config::default();
-    cfg.max_age = Duration::from_secs(3600);
+    let cfg = Config {
+        max_age: Duration::from_secs(3600),
+        ..Config::default()
+    };
     let mut w = World::with_config(cfg, 1);
     w.servers.insert(
         ip(1),
@@ -834,6 +871,60 @@ fn drain_stops_new_work() {
     assert!(w.engine.is_drained());
 }
 
+#[test]
+fn events_are_posted_signed_after_persistence_and_retried() {
+    let mut w = World::new();
+    let key = vec![7u8; 32];
+    let req = RequestId(999);
+    w.input(Input::Admin {
+        request: req,
+        command: crate::io::AdminCommand::CreateEndpoint {
+            tenant: TenantId(1),
+            url: "https://hooks.example.net/outpost".into(),
+            events: vec![EventKind::Delivered, EventKind::Bounced],
+            secret: key.clone(),
+        },
+    });
+    assert!(
+        matches!(w.admin.get(&req), Some(Ok(_))),
+        "{:?} {:#?}",
+        w.admin,
+        w.log
+    );
+    w.hook_status = 500;
+    w.submit_to(&["alice@example.org"]);
+    w.run_for(Duration::from_secs(10));
+    // Only the subscribed kind (delivered), signed, posted once so far (then failing).
+    assert_eq!(w.posts.len(), 1, "{:#?}", w.posts);
+    let (_, id, sig, body) = w.posts[0].clone();
+    assert!(body.contains("message.delivered"));
+    let ts = w.posts[0].0.as_secs();
+    assert_eq!(sig, crate::webhook::sign(&key, &id, ts, &body));
+    // Retried on the schedule with the same webhook-id until it succeeds.
+    w.hook_status = 200;
+    w.run_for(2 * MIN);
+    assert_eq!(w.posts.len(), 2);
+    assert_eq!(w.posts[1].1, id);
+    w.run_for(60 * MIN);
+    assert_eq!(w.posts.len(), 2, "delivered: no more posts");
+    // Another tenant cannot delete the endpoint.
+    let eid = match w.admin.get(&req) {
+        Some(Ok(crate::io::AdminReply::Endpoint(e))) => e.id,
+        other => panic!("{other:?}"),
+    };
+    w.input(Input::Admin {
+        request: RequestId(1000),
+        command: crate::io::AdminCommand::DeleteEndpoint {
+            tenant: TenantId(2),
+            endpoint: eid,
+        },
+    });
+    assert_eq!(
+        w.admin.get(&RequestId(1000)),
+        Some(&Err(crate::io::AdminError::NotFound))
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
     /// Whatever the servers answer, every accepted recipient ends terminal by max age
@@ -844,8 +935,7 @@ proptest! {
         seed in 0u64..1000,
         replies in proptest::collection::vec(0usize..6, 1..6),
     ) {
-        let mut cfg = Config::default();
-        cfg.max_age = Duration::from_secs(6 * 3600);
+        let cfg = Config { max_age: Duration::from_secs(6 * 3600), ..Config::default() };
         let mut w = World::with_config(cfg, seed);
         let options = [
             "250 2.1.5 ok", "450 4.2.1 later", "550 5.1.1 unknown", "421 4.7.0 slow down",
