@@ -359,3 +359,91 @@ fn a_message_sent_over_http_is_delivered_through_the_relay() {
         "an address leaked into the log"
     );
 }
+
+/// dnsmasq on a loopback port, answering for `dest.example` (MX) and its exchanger (A).
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dnsmasq() -> Option<Dnsmasq> {
+    let bin = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())?;
+    let port = free_port();
+    let child = Command::new(bin)
+        .args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-daemon",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file",
+            "--user=root",
+            &format!("--port={port}"),
+            "--mx-host=dest.example,mx.dest.example,10",
+            "--host-record=mx.dest.example,127.0.0.1",
+            "--mx-host=nomail.example,.,0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Wait until it answers on TCP (it listens on UDP and TCP alike).
+    let end = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Dnsmasq { child, port })
+}
+
+#[test]
+fn a_message_is_delivered_to_the_mx_found_in_dns() {
+    let Some(dns) = dnsmasq() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("dnsmasq is needed (apt-get install dnsmasq)");
+        }
+        eprintln!("skipped: dnsmasq not installed");
+        return;
+    };
+    let admin = "e2e-admin-key-0123456789";
+    let (port, got) = smtp_sink();
+    let dns_addr = format!("127.0.0.1:{}", dns.port);
+    let mx_port = port.to_string();
+    let mut d = Daemon::start("mx", &["--dns", &dns_addr, "--mx-port", &mx_port], admin);
+    let (status, body) = http(
+        "POST",
+        &d.url("/v1/keys"),
+        Some(admin),
+        Some(r#"{"domain":"example.com"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let key: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let key = key["key"].as_str().expect("key").to_string();
+    let (status, body) = http(
+        "POST",
+        &d.url("/v1/messages"),
+        Some(&key),
+        Some(
+            r#"{"from":"app@example.com","to":["rcpt@dest.example"],"subject":"via MX","text":"hi"}"#,
+        ),
+    );
+    assert_eq!(status, 202, "{body}");
+    let m = got
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the MX got the message");
+    assert_eq!(m.rcpt_to, vec!["<rcpt@dest.example>".to_string()]);
+    assert!(m.data.contains("Subject: via MX"), "{}", m.data);
+    assert_eq!(d.terminate().code(), Some(0));
+}
