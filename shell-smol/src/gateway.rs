@@ -41,6 +41,13 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Prometheus text of the engine's counters (empty if the loop does not answer).
+    pub fn metrics(&self) -> String {
+        self.ask(Msg::Metrics).unwrap_or_default()
+    }
+}
+
 fn unavailable() -> SubmitError {
     SubmitError::new(
         SubmitErrorKind::Unavailable,

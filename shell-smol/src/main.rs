@@ -132,8 +132,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
     });
 
     let gateway = std::sync::Arc::new(gateway::Gateway::new(handle.clone()));
+    let metrics_gw = gateway.clone();
     let api_settings = api::ApiSettings {
         allow_private_webhooks: settings.allow_private_webhooks,
+        metrics: Some(std::sync::Arc::new(move || metrics_gw.metrics())),
         ..Default::default()
     };
     let api = match api::serve(

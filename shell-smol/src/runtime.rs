@@ -39,6 +39,8 @@ pub enum Msg {
     Admin(AdminCommand, Sender<Result<AdminReply, AdminError>>),
     Breakers(Sender<Vec<BreakerView>>),
     Queue(Sender<Vec<QueueView>>),
+    /// Prometheus text for `GET /metrics`.
+    Metrics(Sender<String>),
     /// SIGTERM/SIGINT: stop intake, drain, exit.
     Shutdown,
 }
@@ -236,6 +238,10 @@ impl Runtime {
                 let _ = reply.try_send(self.engine.queue());
                 return;
             }
+            Msg::Metrics(reply) => {
+                let _ = reply.try_send(self.metrics());
+                return;
+            }
             Msg::Shutdown => {
                 if self.draining.is_some() {
                     return;
@@ -251,6 +257,72 @@ impl Runtime {
             }
         }
         self.drain_outputs();
+    }
+
+    fn metrics(&self) -> String {
+        let s = self.engine.stats();
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP outpost_{name} {help}\n# TYPE outpost_{name} counter\noutpost_{name} {v}\n"
+            ));
+        };
+        counter(
+            "accepted_messages_total",
+            "Messages accepted.",
+            s.accepted_messages,
+        );
+        counter(
+            "rejected_submissions_total",
+            "Submissions refused.",
+            s.rejected_submissions,
+        );
+        counter(
+            "delivery_attempts_total",
+            "Recipient delivery attempts.",
+            s.attempts,
+        );
+        counter("delivered_total", "Recipients delivered.", s.delivered);
+        counter("deferred_total", "Recipient attempts deferred.", s.deferred);
+        counter("bounced_total", "Recipients bounced.", s.bounced);
+        counter("failed_total", "Recipients failed.", s.failed);
+        counter("suppressed_total", "Recipients suppressed.", s.suppressed);
+        counter(
+            "persist_failures_total",
+            "Store batches that failed.",
+            s.persist_failures,
+        );
+        counter(
+            "breaker_opened_total",
+            "Circuit breakers opened.",
+            s.breaker_opened,
+        );
+        counter(
+            "connections_opened_total",
+            "SMTP connections opened.",
+            s.connections_opened,
+        );
+        let mut gauge = |name: &str, help: &str, v: usize| {
+            out.push_str(&format!(
+                "# HELP outpost_{name} {help}\n# TYPE outpost_{name} gauge\noutpost_{name} {v}\n"
+            ));
+        };
+        gauge(
+            "pending_recipients",
+            "Recipients not yet terminal.",
+            self.engine.pending_recipients(),
+        );
+        gauge(
+            "open_connections",
+            "Outbound SMTP connections open.",
+            self.conns.len(),
+        );
+        gauge(
+            "draining",
+            "1 while shutting down.",
+            usize::from(self.draining.is_some()),
+        );
+        out
     }
 
     fn request_id(&mut self) -> RequestId {

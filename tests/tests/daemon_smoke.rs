@@ -351,6 +351,10 @@ fn a_message_sent_over_http_is_delivered_through_the_relay() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    let (status, body) = http("GET", &d.url("/metrics"), None, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("outpost_delivered_total 1"), "{body}");
+
     let status = d.terminate();
     assert_eq!(status.code(), Some(0));
     let log = d.log.lock().expect("lock").clone();
