@@ -1,1 +1,165 @@
-fn main() {}
+//! outpost: the outbound email delivery daemon (smol + async-io shell around outpost-core).
+
+// Parts of the API are used only by its tests.
+#[allow(dead_code)]
+mod api;
+mod config;
+mod dns;
+mod gateway;
+mod runtime;
+mod smtp_conn;
+// Parts of the store are used only by the API and tests.
+#[allow(dead_code)]
+mod store;
+mod tls;
+mod webhook;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use outpost_core::Engine;
+
+use crate::config::{Cli, Command, LogFormat, ServeArgs, Settings};
+use crate::runtime::{Deps, Msg, Runtime};
+
+/// Exit code for a bad configuration.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure at start-up or while running.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn config_error(setting: &str, reason: impl std::fmt::Display) -> ExitCode {
+    eprintln!("outpost: invalid setting `{setting}`: {reason}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        // Not security-relevant (jitter, MX order); fall back to the clock.
+        return runtime::now().0 ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(b)
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let admin_key = std::env::var("OUTPOST_ADMIN_KEY").ok();
+    let settings = match Settings::build(args, admin_key) {
+        Ok(s) => s,
+        Err(e) => return config_error(&e.setting, &e.reason),
+    };
+    init_logging(settings.log_format);
+    let tls = match tls::TlsClient::new(settings.tls_ca_file.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return config_error("tls-ca-file", e),
+    };
+    let dns = match dns::Dns::new(settings.dns) {
+        Ok(d) => d,
+        Err(e) => return config_error("dns", e),
+    };
+    if let Err(e) = std::fs::create_dir_all(&settings.data_dir) {
+        return config_error(
+            "data",
+            format!("cannot create {}: {e}", settings.data_dir.display()),
+        );
+    }
+    let store = match store::Store::open(&settings.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, data = %settings.data_dir.display(), "cannot open the store");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let engine = Engine::new(settings.engine.clone(), seed());
+    let deps = Deps {
+        store: store.clone(),
+        data_dir: settings.data_dir.clone(),
+        dns,
+        tls,
+        allow_private_webhooks: settings.allow_private_webhooks,
+        shutdown_deadline: settings.shutdown_deadline,
+    };
+    let (rt, handle) = match Runtime::start(engine, deps) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+
+    // SIGTERM/SIGINT: the first drains, a second one exits at once.
+    let sig_tx = handle.tx.clone();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    std::thread::spawn(move || {
+        let mut seen = false;
+        for sig in signals.forever() {
+            if seen {
+                tracing::warn!(signal = sig, "second signal: exiting now");
+                std::process::exit(1);
+            }
+            seen = true;
+            tracing::info!(signal = sig, "signal received");
+            let _ = sig_tx.send_blocking(Msg::Shutdown);
+        }
+    });
+
+    let gateway = std::sync::Arc::new(gateway::Gateway::new(handle.clone()));
+    let metrics_gw = gateway.clone();
+    let api_settings = api::ApiSettings {
+        allow_private_webhooks: settings.allow_private_webhooks,
+        metrics: Some(std::sync::Arc::new(move || metrics_gw.metrics())),
+        ..Default::default()
+    };
+    let api = match api::serve(
+        &settings.http.to_string(),
+        store,
+        gateway,
+        settings.admin_key.as_deref().map(api::hash_key),
+        api_settings,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the HTTP API");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    tracing::info!(
+        http = %api.local_addr(),
+        data = %settings.data_dir.display(),
+        admin_key = settings.admin_key.is_some(),
+        relay = ?settings.engine.relay.as_ref().map(|r| format!("{}:{}", r.host, r.port)),
+        "outpost started"
+    );
+    smol::block_on(rt.run());
+    api.stop();
+    tracing::info!("bye");
+    ExitCode::SUCCESS
+}

@@ -195,7 +195,12 @@ impl CategoryPolicy {
             .get(&category)
             .copied()
             .unwrap_or_else(|| Self::default_decision(category));
-        if category == Category::Unknown && code.map(|c| c / 100) == Some(5) {
+        // A 5xx is permanent (RFC 5321 4.2.1) whatever the category says, except for a
+        // rate limit, which passes: only operator overrides may defer other 5xx.
+        if code.map(|c| c / 100) == Some(5)
+            && category != Category::RateLimited
+            && !self.overrides.contains_key(&category)
+        {
             d.outcome = Outcome::Bounced;
         }
         if d.outcome != Outcome::Bounced {

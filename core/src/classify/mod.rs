@@ -8,4 +8,6 @@ mod category;
 mod rules;
 
 pub use category::{Category, CategoryPolicy, Decision, Outcome};
-pub use rules::{Classification, Classifier, ReplyContext, RuleError};
+pub use rules::{
+    Classification, Classifier, Explanation, ReplyContext, RuleError, parse_reply_line,
+};

@@ -183,17 +183,19 @@ impl Engine {
             if dest.conns.len() >= self.max_connections(domain) {
                 return;
             }
-            if self.cfg.relay.is_none() {
-                match &dest.route {
-                    Route::Unknown => return self.resolve_mx(domain),
-                    Route::Resolving => return,
-                    Route::Ready { expires, .. } if *expires <= now => {
-                        return self.resolve_mx(domain);
-                    }
-                    Route::Ready { .. } => {}
+            let stale = match &dest.route {
+                Route::Unknown => true,
+                Route::Resolving => return,
+                Route::Ready { expires, .. } => *expires <= now,
+            };
+            if stale {
+                if self.cfg.relay.is_some() {
+                    // A smarthost replaces MX routing; its address is re-resolved like an
+                    // MX host's, so a failed lookup is not remembered for ever.
+                    self.set_relay_route(now, domain);
+                } else {
+                    return self.resolve_mx(domain);
                 }
-            } else if matches!(dest.route, Route::Unknown) {
-                self.set_relay_route(domain);
             }
             let probe = match self.dests.get(domain).map(|d| d.breaker.admission(now)) {
                 Some(Admission::Allowed) => false,
@@ -345,7 +347,7 @@ impl Engine {
         });
     }
 
-    fn set_relay_route(&mut self, domain: &str) {
+    fn set_relay_route(&mut self, now: Time, domain: &str) {
         let Some(relay) = self.cfg.relay.clone() else {
             return;
         };
@@ -358,7 +360,7 @@ impl Engine {
                 name: relay.host,
                 addrs,
             }],
-            expires: Time::MAX,
+            expires: now.plus(self.cfg.dns_cache_ttl),
         };
     }
 
@@ -409,6 +411,31 @@ impl Engine {
         };
         self.dest_mut(domain).route = Route::Ready { hosts, expires };
         self.dirty.insert(domain.to_string());
+        // Connections waiting for an address of the old route start over on the new one.
+        for c in self.waiting_conns(domain) {
+            if let Some(conn) = self.conns.get_mut(&c) {
+                conn.host_idx = 0;
+                conn.ip_idx = 0;
+            }
+            self.advance_conn(now, c);
+        }
+    }
+
+    fn waiting_conns(&self, domain: &str) -> Vec<ConnId> {
+        self.dests
+            .get(domain)
+            .map(|d| {
+                d.conns
+                    .iter()
+                    .copied()
+                    .filter(|c| {
+                        self.conns
+                            .get(c)
+                            .is_some_and(|c| c.phase == Phase::WaitingAddr)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The domain cannot be routed now: every ready recipient gets the DNS outcome
@@ -443,22 +470,7 @@ impl Engine {
                 h.addrs = addrs.clone();
             }
         }
-        let waiting: Vec<ConnId> = self
-            .dests
-            .get(domain)
-            .map(|d| {
-                d.conns
-                    .iter()
-                    .copied()
-                    .filter(|c| {
-                        self.conns
-                            .get(c)
-                            .is_some_and(|c| c.phase == Phase::WaitingAddr)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for c in waiting {
+        for c in self.waiting_conns(domain) {
             self.advance_conn(now, c);
         }
     }
@@ -1088,6 +1100,8 @@ impl Engine {
                 None => gap(self, stage),
             };
             o.started_at = txn.started_at;
+            o.about_recipient =
+                !(txn.idxs.len() > 1 && matches!(stage, Stage::Data | Stage::EndOfData));
             out.push((idx, o));
         }
         out
@@ -1147,6 +1161,7 @@ impl Engine {
             ip: ip.map(|i| i.to_string()),
             tls,
             started_at: now,
+            about_recipient: true,
         }
     }
 
@@ -1173,6 +1188,7 @@ impl Engine {
             ip: ip.map(|i| i.to_string()),
             tls: TlsRecord::None,
             started_at: now,
+            about_recipient: true,
         }
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct AttemptOutcome {
     pub ip: Option<String>,
     pub tls: TlsRecord,
     pub started_at: Time,
+    /// False when the reply was not about this recipient alone (a DATA or end-of-data
+    /// reply to a transaction with several recipients): it never suppresses then.
+    pub about_recipient: bool,
 }
 
 impl AttemptOutcome {
@@ -414,6 +417,7 @@ impl Engine {
         }
         let key = (tenant, address.to_lowercase());
         if decision.suppress
+            && o.about_recipient
             && status == RecipientStatus::Bounced
             && !self.suppressions.contains(&key)
         {

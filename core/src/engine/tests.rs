@@ -601,6 +601,31 @@ fn hard_bounce_suppresses_and_next_send_is_suppressed_without_smtp() {
 }
 
 #[test]
+fn end_of_data_rejection_of_several_recipients_does_not_suppress() {
+    let mut w = World::new();
+    w.servers.insert(
+        ip(1),
+        Server {
+            end: "550 5.1.1 user unknown".into(),
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["a@example.org", "b@example.org"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("a@example.org"),
+        Some(RecipientStatus::Bounced)
+    );
+    assert!(
+        w.suppressed().is_empty(),
+        "a shared reply is not about one mailbox"
+    );
+    w.submit_to(&["c@example.org"]);
+    w.run_for(MIN);
+    assert_eq!(w.suppressed(), ["c@example.org".to_string()].into());
+}
+
+#[test]
 fn first_mx_down_second_used() {
     let mut w = World::new();
     w.add_domain(

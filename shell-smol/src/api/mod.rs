@@ -1,0 +1,292 @@
+//! The HTTP API (DESIGN.md "HTTP API"): tiny_http with a pool of worker threads.
+//!
+//! Writes that change engine state go through [`EngineGateway`]; reads come straight from
+//! SQLite through the [`Store`]'s read pool. Every tenant request is scoped to the caller's
+//! tenant (another tenant's ids answer 404). Logs name routes and message ids, never
+//! addresses or bodies.
+
+pub mod gateway;
+mod http;
+mod routes;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use outpost_core::TenantId;
+use sha2::{Digest, Sha256};
+
+pub use gateway::EngineGateway;
+
+use crate::store::Store;
+use crate::store::query::Tenant;
+use http::ApiError;
+
+/// Decides whether a tenant's request may proceed now (false: HTTP 429).
+pub type RateLimiter = Arc<dyn Fn(TenantId) -> bool + Send + Sync>;
+
+/// Renders the Prometheus text exposition for `GET /metrics`.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// API settings.
+#[derive(Clone)]
+pub struct ApiSettings {
+    /// Largest request body accepted (HTTP 413 above). Default 10 MiB.
+    pub max_body_bytes: usize,
+    /// Accept loopback/private webhook URLs (tests).
+    pub allow_private_webhooks: bool,
+    /// HTTP worker threads. Default 4.
+    pub workers: usize,
+    /// Rate limiting hook (none by default).
+    pub rate_limiter: Option<RateLimiter>,
+    /// `GET /metrics` (unauthenticated, like /healthz); 404 when `None`.
+    pub metrics: Option<MetricsRenderer>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> ApiSettings {
+        ApiSettings {
+            max_body_bytes: 10 * 1024 * 1024,
+            allow_private_webhooks: false,
+            workers: 4,
+            rate_limiter: None,
+            metrics: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("allow_private_webhooks", &self.allow_private_webhooks)
+            .field("workers", &self.workers)
+            .field("rate_limiter", &self.rate_limiter.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServeError {
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: String },
+    #[error("cannot start HTTP workers: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// SHA-256 of a key, as the store keeps it (and as `serve` takes the admin key).
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A running API server.
+pub struct ApiHandle {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiHandle")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiHandle {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish, joins the workers.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub gateway: Arc<dyn EngineGateway>,
+    pub admin_key_hash: Option<[u8; 32]>,
+    pub settings: ApiSettings,
+}
+
+/// Who is calling.
+pub(crate) enum Caller {
+    Admin,
+    Tenant(Tenant),
+}
+
+/// Starts the API on `addr`. `admin_key_hash` is [`hash_key`] of `OUTPOST_ADMIN_KEY`
+/// (`None`: no admin key, the admin routes answer 401).
+pub fn serve(
+    addr: &str,
+    store: Store,
+    gateway: Arc<dyn EngineGateway>,
+    admin_key_hash: Option<[u8; 32]>,
+    settings: ApiSettings,
+) -> Result<ApiHandle, ApiServeError> {
+    let server = tiny_http::Server::http(addr).map_err(|e| ApiServeError::Listen {
+        addr: addr.to_string(),
+        error: e.to_string(),
+    })?;
+    let local = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| ApiServeError::Listen {
+            addr: addr.to_string(),
+            error: "not an IP listener".to_string(),
+        })?;
+    let server = Arc::new(server);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers_n = settings.workers.max(1);
+    let ctx = Arc::new(Ctx {
+        store,
+        gateway,
+        admin_key_hash,
+        settings,
+    });
+    let mut workers = Vec::with_capacity(workers_n);
+    for i in 0..workers_n {
+        let server = Arc::clone(&server);
+        let stop = Arc::clone(&stop);
+        let ctx = Arc::clone(&ctx);
+        let w = thread::Builder::new()
+            .name(format!("outpost-http-{i}"))
+            .spawn(move || worker(&server, &stop, &ctx))
+            .map_err(ApiServeError::Spawn)?;
+        workers.push(w);
+    }
+    tracing::info!(addr = %local, "HTTP API listening");
+    Ok(ApiHandle {
+        addr: local,
+        stop,
+        workers,
+    })
+}
+
+fn worker(server: &tiny_http::Server, stop: &AtomicBool, ctx: &Ctx) {
+    while !stop.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(req)) => handle(ctx, req),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "HTTP accept error"),
+        }
+    }
+}
+
+pub(crate) enum Body {
+    Json(serde_json::Value),
+    /// Plain text (Prometheus exposition).
+    Text(String),
+    None,
+}
+
+/// A successful answer.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            body: Body::Json(body),
+        }
+    }
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            body: Body::None,
+        }
+    }
+}
+
+fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
+    let started = Instant::now();
+    let (route, result) = routes::dispatch(ctx, &mut req);
+    let (status, body) = match result {
+        Ok(r) => (r.status, r.body),
+        Err(e) => (e.status, Body::Json(e.body())),
+    };
+    let (bytes, content_type): (Vec<u8>, &[u8]) = match body {
+        Body::Json(b) => {
+            let mut bytes = serde_json::to_vec(&b).unwrap_or_default();
+            bytes.push(b'\n');
+            (bytes, b"application/json")
+        }
+        Body::Text(t) => (t.into_bytes(), b"text/plain; version=0.0.4; charset=utf-8"),
+        Body::None => (Vec::new(), b"application/json"),
+    };
+    let mut response = tiny_http::Response::from_data(bytes).with_status_code(status);
+    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type) {
+        response.add_header(h);
+    }
+    if status == 413
+        && let Ok(h) = tiny_http::Header::from_bytes(&b"Connection"[..], &b"close"[..])
+    {
+        response.add_header(h);
+    }
+    tracing::debug!(
+        route,
+        status,
+        ms = started.elapsed().as_millis() as u64,
+        "HTTP request"
+    );
+    if let Err(e) = req.respond(response) {
+        tracing::debug!(route, error = %e, "HTTP response not sent");
+    }
+}
+
+/// Authenticates the `Authorization: Bearer` key.
+pub(crate) fn authenticate(ctx: &Ctx, req: &tiny_http::Request) -> Result<Caller, ApiError> {
+    let value = http::header(req, "Authorization")
+        .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer)"))?;
+    let key = value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+    let hash = hash_key(key);
+    if let Some(admin) = &ctx.admin_key_hash {
+        // Constant-time comparison of the digests.
+        let diff = admin
+            .iter()
+            .zip(hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            return Ok(Caller::Admin);
+        }
+    }
+    let hex = hex(&hash);
+    match ctx
+        .store
+        .read(|c| crate::store::query::tenant_by_key_hash(c, &hex))?
+    {
+        Some(t) => Ok(Caller::Tenant(t)),
+        None => Err(ApiError::unauthorized("unknown API key")),
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

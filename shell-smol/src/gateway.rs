@@ -1,0 +1,84 @@
+//! The HTTP API's way into the engine loop (`EngineGateway`), over the loop's channel.
+//! Called from HTTP worker threads: every call blocks until the loop answers.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_io::Timer;
+use futures_lite::FutureExt;
+use outpost_core::engine::{BreakerView, QueueView};
+use outpost_core::io::{
+    AdminCommand, AdminError, AdminReply, Receipt, Submission, SubmitError, SubmitErrorKind,
+};
+
+use crate::api::EngineGateway;
+use crate::runtime::{LoopHandle, Msg};
+
+/// How long an HTTP request waits for the engine (a store write included).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Gateway {
+    handle: LoopHandle,
+}
+
+impl Gateway {
+    pub fn new(handle: LoopHandle) -> Gateway {
+        Gateway { handle }
+    }
+
+    /// Sends `make(reply)` to the loop and waits for the reply; `None` if the loop is gone
+    /// or does not answer in time.
+    fn ask<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(async_channel::Sender<T>) -> Msg,
+    ) -> Option<T> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.handle.tx.send_blocking(make(tx)).ok()?;
+        smol::block_on(async { rx.recv().await.ok() }.or(async {
+            Timer::after(ANSWER_TIMEOUT).await;
+            None
+        }))
+    }
+}
+
+impl Gateway {
+    /// Prometheus text of the engine's counters (empty if the loop does not answer).
+    pub fn metrics(&self) -> String {
+        self.ask(Msg::Metrics).unwrap_or_default()
+    }
+}
+
+fn unavailable() -> SubmitError {
+    SubmitError::new(
+        SubmitErrorKind::Unavailable,
+        "unavailable",
+        "the server cannot take messages right now; try again",
+    )
+}
+
+impl EngineGateway for Gateway {
+    fn submit(&self, submission: Submission) -> Result<Receipt, SubmitError> {
+        if !self.accepting() {
+            return Err(unavailable());
+        }
+        self.ask(|reply| Msg::Submit(submission, reply))
+            .unwrap_or_else(|| Err(unavailable()))
+    }
+
+    fn admin(&self, command: AdminCommand) -> Result<AdminReply, AdminError> {
+        self.ask(|reply| Msg::Admin(command, reply))
+            .unwrap_or_else(|| Err(AdminError::Unavailable("the engine did not answer".into())))
+    }
+
+    fn breakers(&self) -> Vec<BreakerView> {
+        self.ask(Msg::Breakers).unwrap_or_default()
+    }
+
+    fn queue(&self) -> Vec<QueueView> {
+        self.ask(Msg::Queue).unwrap_or_default()
+    }
+
+    fn accepting(&self) -> bool {
+        self.handle.accepting.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,534 @@
+//! The single writer thread: group commit of the engine's `StoreOp` batches.
+//!
+//! It takes whatever batches are waiting (up to `MAX_GROUP`), writes their spool files
+//! (temp file, fsync, rename, then one fsync per touched directory), and applies all of
+//! them in one SQLite transaction, each batch inside its own SAVEPOINT: a batch that fails
+//! (a constraint, a spool write on a full disk) is rolled back alone and answered `Err`,
+//! the others commit. Answers go out only after COMMIT returned.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use outpost_core::BatchId;
+use outpost_core::io::{Receipt, ReceiptRecipient};
+use outpost_core::model::StoreOp;
+use outpost_core::status::{RecipientStatus, derive_message_status};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::codec::*;
+use super::{StoreError, open_connection, spool};
+
+/// Most batches applied in one transaction.
+const MAX_GROUP: usize = 512;
+
+type Done = async_channel::Sender<(BatchId, Result<(), String>)>;
+
+/// Where batch completions arrive: `(batch, Ok(()) | Err(reason))`, in submission order.
+pub type Completions = async_channel::Receiver<(BatchId, Result<(), String>)>;
+
+enum Cmd {
+    Batch(BatchId, Vec<StoreOp>),
+    Stop,
+}
+
+/// Feeds the writer thread. Dropping it without `flush_and_stop` also stops the thread
+/// after the batches already submitted.
+pub struct WriterHandle {
+    tx: mpsc::Sender<Cmd>,
+    done: Done,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle").finish_non_exhaustive()
+    }
+}
+
+impl WriterHandle {
+    /// Queues a batch; its completion arrives on the receiver from `spawn_writer`.
+    pub fn submit(&self, batch: BatchId, ops: Vec<StoreOp>) {
+        if self.tx.send(Cmd::Batch(batch, ops)).is_err() {
+            let _ = self
+                .done
+                .try_send((batch, Err("store writer is not running".to_string())));
+        }
+    }
+
+    /// Applies everything submitted so far, then stops the thread and waits for it.
+    pub fn flush_and_stop(mut self) {
+        let _ = self.tx.send(Cmd::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn spawn(db_path: PathBuf, data_dir: PathBuf) -> (WriterHandle, Completions) {
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = async_channel::unbounded();
+    let done = done_tx.clone();
+    let thread = thread::Builder::new()
+        .name("outpost-store-writer".to_string())
+        .spawn(move || run(&db_path, &data_dir, &rx, &done_tx))
+        .ok();
+    if thread.is_none() {
+        tracing::error!("could not start the store writer thread");
+    }
+    (WriterHandle { tx, done, thread }, done_rx)
+}
+
+fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
+    let mut conn = match open_connection(db_path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "store writer could not open the database");
+            None
+        }
+    };
+    loop {
+        let mut batches = Vec::new();
+        let mut stop = false;
+        match rx.recv() {
+            Ok(Cmd::Batch(id, ops)) => batches.push((id, ops)),
+            Ok(Cmd::Stop) | Err(_) => break,
+        }
+        while batches.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(Cmd::Batch(id, ops)) => batches.push((id, ops)),
+                Ok(Cmd::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let results = match conn.as_mut() {
+            Some(conn) => commit_group(conn, data_dir, batches),
+            None => batches
+                .into_iter()
+                .map(|(id, _)| (id, Err("store is not open".to_string())))
+                .collect(),
+        };
+        for r in results {
+            let _ = done.try_send(r);
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+/// Per batch: the spool files it wrote (to remove if it does not commit), and its error.
+struct Pending {
+    id: BatchId,
+    ops: Vec<StoreOp>,
+    written: Vec<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+    error: Option<String>,
+}
+
+impl Pending {
+    fn fail(&mut self, error: String) {
+        for p in self.written.drain(..) {
+            let _ = std::fs::remove_file(p);
+        }
+        self.error.get_or_insert(error);
+    }
+}
+
+/// Applies a group of batches in one transaction; returns each batch's result in order.
+pub(super) fn commit_group(
+    conn: &mut Connection,
+    data_dir: &Path,
+    batches: Vec<(BatchId, Vec<StoreOp>)>,
+) -> Vec<(BatchId, Result<(), String>)> {
+    let mut pending: Vec<Pending> = batches
+        .into_iter()
+        .map(|(id, ops)| Pending {
+            id,
+            ops,
+            written: Vec::new(),
+            dirs: BTreeSet::new(),
+            error: None,
+        })
+        .collect();
+
+    // 1. Spool files, durable before the rows that name them commit.
+    for p in &mut pending {
+        write_spools(conn, data_dir, p);
+    }
+    let mut dir_result: BTreeMap<PathBuf, Result<(), String>> = BTreeMap::new();
+    for p in &pending {
+        for d in &p.dirs {
+            dir_result
+                .entry(d.clone())
+                .or_insert_with(|| spool::fsync_dir(d).map_err(|e| e.to_string()));
+        }
+    }
+    for p in &mut pending {
+        let failed = p
+            .dirs
+            .iter()
+            .find_map(|d| dir_result.get(d).and_then(|r| r.as_ref().err()).cloned());
+        if let Some(e) = failed {
+            p.fail(format!("spool directory fsync failed: {e}"));
+        }
+    }
+
+    // 2. One transaction, one savepoint per batch.
+    let mut group_error = None;
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        group_error = Some(format!("begin: {e}"));
+    } else {
+        for p in pending.iter_mut().filter(|p| p.error.is_none()) {
+            if let Err(e) = apply_batch(conn, &p.ops) {
+                tracing::warn!(batch = p.id.0, error = %e, "store batch rolled back");
+                p.fail(e.to_string());
+            }
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            group_error = Some(format!("commit: {e}"));
+        }
+    }
+    if let Some(e) = group_error {
+        tracing::error!(error = %e, "store transaction failed");
+        for p in pending.iter_mut().filter(|p| p.error.is_none()) {
+            p.fail(e.clone());
+        }
+    }
+    pending
+        .into_iter()
+        .map(|p| match p.error {
+            None => (p.id, Ok(())),
+            Some(e) => (p.id, Err(e)),
+        })
+        .collect()
+}
+
+fn write_spools(conn: &Connection, data_dir: &Path, p: &mut Pending) {
+    for op in &p.ops {
+        let StoreOp::InsertMessage { message, spool } = op else {
+            continue;
+        };
+        let id = message.id.to_string();
+        // Idempotent: a replayed insert of a stored message leaves its file alone.
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")
+            .and_then(|mut s| s.query_row([&id], |_| Ok(())).optional());
+        match exists {
+            Ok(Some(())) => continue,
+            Ok(None) => {}
+            Err(e) => {
+                p.fail(format!("reading message {id}: {e}"));
+                return;
+            }
+        }
+        match spool::write(data_dir, message.id, spool) {
+            Ok(dir) => {
+                p.written.push(spool::spool_path(data_dir, message.id));
+                p.dirs.insert(dir);
+            }
+            Err(e) => {
+                tracing::warn!(message = %message.id, error = %e, "spool write failed");
+                p.fail(format!("spool write for {id} failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn apply_batch(conn: &Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT batch")?;
+    let result = ops.iter().try_for_each(|op| apply_op(conn, op));
+    match result {
+        Ok(()) => {
+            conn.execute_batch("RELEASE batch")?;
+            Ok(())
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+            Err(e)
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+const TERMINAL_SQL: &str = "('delivered','bounced','failed','suppressed')";
+
+pub(super) fn apply_op(conn: &Connection, op: &StoreOp) -> Result<(), StoreError> {
+    match op {
+        StoreOp::InsertMessage { message: m, .. } => {
+            let id = m.id.to_string();
+            let status = m.status();
+            let receipt = match &m.idempotency {
+                None => None,
+                Some(_) => Some(json(&Receipt {
+                    id: m.id,
+                    message_id: format!("<{}>", m.message_id_header),
+                    status,
+                    recipients: m
+                        .recipients
+                        .iter()
+                        .map(|r| ReceiptRecipient {
+                            address: r.address.clone(),
+                            status: r.status,
+                        })
+                        .collect(),
+                })?),
+            };
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO messages (id, tenant_id, source, message_id_header, mail_from,
+                        subject, tags, size, smtputf8, eight_bit, created_at, expires_at, status,
+                        updated_at, idem_key, idem_hash, receipt)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?11, ?14, ?15, ?16)
+                     ON CONFLICT(id) DO NOTHING",
+                )?
+                .execute(params![
+                    id,
+                    u64_to_sql(m.tenant.0),
+                    source_str(m.source),
+                    m.message_id_header,
+                    m.mail_from,
+                    m.subject,
+                    json(&m.tags)?,
+                    u64_to_sql(m.size),
+                    m.smtputf8,
+                    m.eight_bit,
+                    time_to_sql(m.created_at),
+                    time_to_sql(m.expires_at),
+                    status.as_str(),
+                    m.idempotency.as_ref().map(|i| &i.key),
+                    m.idempotency.as_ref().map(|i| &i.request_hash),
+                    receipt,
+                ])?;
+            if inserted == 0 {
+                return Ok(());
+            }
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO recipients (message_id, idx, address, domain, kind, status, attempts,
+                    next_attempt_at, updated_at, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in &m.recipients {
+                stmt.execute(params![
+                    id,
+                    r.idx,
+                    r.address,
+                    r.domain,
+                    kind_str(r.kind),
+                    r.status.as_str(),
+                    r.attempts,
+                    opt_time_to_sql(r.next_attempt_at),
+                    time_to_sql(r.updated_at),
+                    r.reason,
+                ])?;
+            }
+        }
+        StoreOp::UpdateRecipient {
+            message,
+            idx,
+            status,
+            attempts,
+            next_attempt_at,
+            at,
+            reason,
+        } => {
+            let id = message.to_string();
+            let changed = conn
+                .prepare_cached(&format!(
+                    "UPDATE recipients SET status = ?3, attempts = ?4, next_attempt_at = ?5,
+                        updated_at = ?6, reason = ?7
+                     WHERE message_id = ?1 AND idx = ?2 AND status NOT IN {TERMINAL_SQL}"
+                ))?
+                .execute(params![
+                    id,
+                    idx,
+                    status.as_str(),
+                    attempts,
+                    opt_time_to_sql(*next_attempt_at),
+                    time_to_sql(*at),
+                    reason,
+                ])?;
+            if changed == 0 {
+                tracing::debug!(message = %message, idx, "recipient update refused (terminal or unknown)");
+                return Ok(());
+            }
+            let statuses = conn
+                .prepare_cached("SELECT status FROM recipients WHERE message_id = ?1")?
+                .query_map([&id], |r| {
+                    get_parsed(r, 0, "recipient status", RecipientStatus::parse)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let derived = derive_message_status(statuses);
+            conn.prepare_cached("UPDATE messages SET status = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![id, derived.as_str(), time_to_sql(*at)])?;
+        }
+        StoreOp::InsertAttempt(a) => {
+            conn.prepare_cached(
+                "INSERT INTO delivery_attempts (message_id, idx, attempt, tenant_id, domain,
+                    started_at, duration_ms, status, stage, smtp_code, enhanced_code, response,
+                    category, rule, mx, ip, tls, breaker_failure)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                a.message.to_string(),
+                a.idx,
+                a.attempt,
+                u64_to_sql(a.tenant.0),
+                a.domain,
+                time_to_sql(a.started_at),
+                u64_to_sql(a.duration_ms),
+                a.status.as_str(),
+                a.stage.as_str(),
+                a.smtp_code,
+                a.enhanced_code,
+                a.response,
+                a.category.as_str(),
+                a.rule,
+                a.mx,
+                a.ip,
+                json(&a.tls)?,
+                a.breaker_failure,
+            ])?;
+        }
+        StoreOp::InsertEvent(e) => {
+            conn.prepare_cached(
+                "INSERT INTO events (seq, id, tenant_id, kind, at, message_id, idx, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO NOTHING",
+            )?
+            .execute(params![
+                u64_to_sql(e.seq),
+                e.id.to_string(),
+                u64_to_sql(e.tenant.0),
+                e.kind.as_str(),
+                time_to_sql(e.at),
+                e.message.to_string(),
+                e.idx,
+                &*e.payload,
+            ])?;
+        }
+        StoreOp::AddSuppression(s) => {
+            conn.prepare_cached(
+                "INSERT INTO suppressions (tenant_id, address, source, reason, category,
+                    smtp_code, enhanced_code, event_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                u64_to_sql(s.tenant.0),
+                s.address,
+                suppression_source_str(s.source),
+                s.reason,
+                s.category.map(|c| c.as_str()),
+                s.smtp_code,
+                s.enhanced_code,
+                s.event.map(|e| e.to_string()),
+                time_to_sql(s.created_at),
+            ])?;
+        }
+        StoreOp::RemoveSuppression { tenant, address } => {
+            conn.prepare_cached("DELETE FROM suppressions WHERE tenant_id = ?1 AND address = ?2")?
+                .execute(params![u64_to_sql(tenant.0), address])?;
+        }
+        StoreOp::UpsertEndpoint(ep) => {
+            let id = ep.id.to_string();
+            let events: Vec<&str> = ep.events.iter().map(|k| k.as_str()).collect();
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO webhook_endpoints (id, tenant_id, url, events, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO UPDATE SET url = excluded.url, events = excluded.events
+                     WHERE webhook_endpoints.tenant_id = excluded.tenant_id",
+                )?
+                .execute(params![
+                    id,
+                    u64_to_sql(ep.tenant.0),
+                    ep.url,
+                    json(&events)?,
+                    time_to_sql(ep.created_at),
+                ])?;
+            if changed == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "endpoint {id} belongs to another tenant"
+                )));
+            }
+            conn.prepare_cached("DELETE FROM webhook_secrets WHERE endpoint_id = ?1")?
+                .execute([&id])?;
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO webhook_secrets (endpoint_id, pos, key, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (pos, s) in ep.secrets.iter().enumerate() {
+                stmt.execute(params![
+                    id,
+                    pos as i64,
+                    s.key,
+                    time_to_sql(s.created_at),
+                    opt_time_to_sql(s.expires_at),
+                ])?;
+            }
+        }
+        StoreOp::DeleteEndpoint { tenant, endpoint } => {
+            let id = endpoint.to_string();
+            let changed = conn
+                .prepare_cached("DELETE FROM webhook_endpoints WHERE id = ?1 AND tenant_id = ?2")?
+                .execute(params![id, u64_to_sql(tenant.0)])?;
+            if changed > 0 {
+                conn.prepare_cached("DELETE FROM webhook_deliveries WHERE endpoint_id = ?1")?
+                    .execute([&id])?;
+                conn.prepare_cached("DELETE FROM webhook_attempts WHERE endpoint_id = ?1")?
+                    .execute([&id])?;
+            }
+        }
+        StoreOp::UpsertWebhookDelivery(d) => {
+            conn.prepare_cached(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_seq, tenant_id,
+                    state, attempts, next_attempt_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(endpoint_id, event_id) DO UPDATE SET state = excluded.state,
+                    attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at,
+                    updated_at = excluded.updated_at",
+            )?
+            .execute(params![
+                d.endpoint.to_string(),
+                d.event.to_string(),
+                u64_to_sql(d.event_seq),
+                u64_to_sql(d.tenant.0),
+                delivery_state_str(d.state),
+                d.attempts,
+                opt_time_to_sql(d.next_attempt_at),
+                time_to_sql(d.updated_at),
+            ])?;
+        }
+        StoreOp::InsertWebhookAttempt(a) => {
+            conn.prepare_cached(
+                "INSERT INTO webhook_attempts (endpoint_id, event_id, attempt, tenant_id, at,
+                    duration_ms, status_code, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                a.endpoint.to_string(),
+                a.event.to_string(),
+                a.attempt,
+                u64_to_sql(a.tenant.0),
+                time_to_sql(a.at),
+                u64_to_sql(a.duration_ms),
+                a.status_code,
+                a.error,
+            ])?;
+        }
+    }
+    Ok(())
+}
