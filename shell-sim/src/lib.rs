@@ -70,6 +70,8 @@ pub struct Summary {
     pub messages: u64,
     pub recipients: u64,
     pub rejected: u64,
+    /// Submissions in flight when the process died (the submitter sees a reset).
+    pub unanswered_at_crash: u64,
     /// Submissions the simulator considers valid that intake refused (not a failure; a
     /// hint that intake is stricter than the generator).
     pub valid_refused: u64,
@@ -103,6 +105,7 @@ impl Summary {
         self.messages += o.messages;
         self.recipients += o.recipients;
         self.rejected += o.rejected;
+        self.unanswered_at_crash += o.unanswered_at_crash;
         self.valid_refused += o.valid_refused;
         if self.valid_refused_example.is_empty() {
             self.valid_refused_example = o.valid_refused_example.clone();
@@ -159,6 +162,19 @@ thread_local! {
     /// Where the engine panicked, recorded by the binary's panic hook.
     pub static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
 }
+
+/// Every finding key of FINDINGS.md: a run that allows them all fails only on a new bug.
+pub const KNOWN_FINDINGS: &[&str] = &[
+    "seq-order",
+    "delete-spool-undurable",
+    "event-for-refused-update",
+    "delivery-state-regressed",
+    "suppression-not-rechecked",
+    "suppression-race",
+    "breaker-open-connect",
+    "breaker-half-open-extra",
+    "endpoint-after-failed-write",
+];
 
 /// Runs one seed. On a violation, replays the seed to collect the last 50 trace lines.
 pub fn run_seed(seed: u64, opts: &Options) -> Result<Summary, Failure> {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use outpost_sim::{Failure, Options, PANIC_LOCATION, Summary, run_seed};
 
-const USAGE: &str = "usage: outpost-sim [--seeds N] [--from S] [--seed S [--trace]] [--messages M] [--domains D] [--tenants T] [--crashes C] [--faults 0-3] [--active-secs S] [--threads N] [--no-admin] [--no-jumps] [--allow KEY]... [--verbose]";
+const USAGE: &str = "usage: outpost-sim [--seeds N] [--from S] [--seed S [--trace]] [--messages M] [--domains D] [--tenants T] [--crashes C] [--faults 0-3] [--active-secs S] [--threads N] [--no-admin] [--no-jumps] [--allow KEY]... [--allow-known] [--verbose]";
 
 struct Args {
     seeds: u64,
@@ -51,6 +51,10 @@ fn parse() -> Result<Args, String> {
             "--no-admin" => a.opts.admin = false,
             "--no-jumps" => a.opts.jumps = false,
             "--verbose" => a.verbose = true,
+            "--allow-known" => a
+                .opts
+                .allow
+                .extend(outpost_sim::KNOWN_FINDINGS.iter().map(|k| k.to_string())),
             "--allow" => a
                 .opts
                 .allow
@@ -196,7 +200,7 @@ fn main() -> ExitCode {
 
 fn describe(s: &Summary) -> String {
     let mut out = format!(
-        "acknowledged messages {} recipients {} (final statuses in the store: delivered {} bounced {} failed {} suppressed {}), rejected submissions {}, crashes {}, faults {}, events {}, duplicates across crashes {}, after timeouts {}, guard refusals {}, webhook deliveries failed {}, engine steps {}",
+        "acknowledged messages {} recipients {} (final statuses in the store: delivered {} bounced {} failed {} suppressed {}), rejected submissions {}, unanswered at a crash {}, crashes {}, faults {}, events {}, duplicates across crashes {}, after timeouts {}, guard refusals {}, webhook deliveries failed {}, engine steps {}",
         s.messages,
         s.recipients,
         s.delivered,
@@ -204,6 +208,7 @@ fn describe(s: &Summary) -> String {
         s.failed,
         s.suppressed,
         s.rejected,
+        s.unanswered_at_crash,
         s.crashes,
         s.faults,
         s.events,

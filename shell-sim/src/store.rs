@@ -327,6 +327,119 @@ pub fn receipt_of(m: &MessageRecord) -> Receipt {
     }
 }
 
+/// A batch that breaks the outbox rule: every status change with an event kind has
+/// exactly one event of that kind in the same batch, and every event belongs to one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OutboxIssue {
+    /// The event's recipient update was refused by the terminal guard.
+    EventForRefusedUpdate {
+        message: MessageId,
+        idx: u32,
+        kind: EventKind,
+        seq: u64,
+        stored: RecipientStatus,
+        attempted: RecipientStatus,
+    },
+    EventWithoutChange {
+        message: MessageId,
+        idx: u32,
+        kind: EventKind,
+        seq: u64,
+    },
+    ChangeWithoutEvent {
+        message: MessageId,
+        idx: u32,
+        kind: EventKind,
+    },
+}
+
+impl core::fmt::Display for OutboxIssue {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OutboxIssue::EventForRefusedUpdate {
+                message,
+                idx,
+                kind,
+                seq,
+                stored,
+                attempted,
+            } => write!(
+                f,
+                "event {} (seq {seq}) for {message}#{idx} persisted although its update to {} was refused by the terminal guard: it is already {}",
+                kind.as_str(),
+                attempted.as_str(),
+                stored.as_str()
+            ),
+            OutboxIssue::EventWithoutChange {
+                message,
+                idx,
+                kind,
+                seq,
+            } => write!(
+                f,
+                "event {} (seq {seq}) for {message}#{idx} without a matching status change in the batch",
+                kind.as_str()
+            ),
+            OutboxIssue::ChangeWithoutEvent { message, idx, kind } => write!(
+                f,
+                "{message}#{idx} changed status without its {} event",
+                kind.as_str()
+            ),
+        }
+    }
+}
+
+/// The outbox rule over one applied batch. A recipient inserted already final (suppressed
+/// at intake) may also announce `queued` (queued -> suppressed inside one transaction).
+pub fn outbox_issues(a: &Applied) -> Vec<OutboxIssue> {
+    let mut want: BTreeMap<(MessageId, u32, EventKind), i32> = BTreeMap::new();
+    let mut optional_queued: BTreeSet<(MessageId, u32)> = BTreeSet::new();
+    for (m, i, s, expects) in &a.changes {
+        if *expects && let Some(k) = EventKind::for_status(*s) {
+            *want.entry((*m, *i, k)).or_default() += 1;
+        }
+        if a.inserted.contains(m) && *s != RecipientStatus::Queued {
+            optional_queued.insert((*m, *i));
+        }
+    }
+    let mut out = Vec::new();
+    for (m, i, k, seq, _, _) in &a.events {
+        if *k == EventKind::Queued && optional_queued.remove(&(*m, *i)) {
+            continue;
+        }
+        let e = want.entry((*m, *i, *k)).or_default();
+        *e -= 1;
+        if *e < 0 {
+            out.push(match a.guarded.iter().find(|g| g.0 == *m && g.1 == *i) {
+                Some(g) => OutboxIssue::EventForRefusedUpdate {
+                    message: *m,
+                    idx: *i,
+                    kind: *k,
+                    seq: *seq,
+                    stored: g.2,
+                    attempted: g.3,
+                },
+                None => OutboxIssue::EventWithoutChange {
+                    message: *m,
+                    idx: *i,
+                    kind: *k,
+                    seq: *seq,
+                },
+            });
+        }
+    }
+    for ((m, i, k), n) in want {
+        if n > 0 {
+            out.push(OutboxIssue::ChangeWithoutEvent {
+                message: m,
+                idx: i,
+                kind: k,
+            });
+        }
+    }
+    out
+}
+
 /// Checks one recipient's status history: once terminal, never anything else. Returns a
 /// description of the first overwrite.
 pub fn check_history(history: &[StatusEntry]) -> Result<(), String> {

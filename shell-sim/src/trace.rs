@@ -8,7 +8,9 @@ use outpost_core::Time;
 use outpost_core::io::{Input, Output};
 use outpost_core::model::StoreOp;
 
-/// FNV-1a, 64 bits: stable across platforms and Rust versions (unlike `DefaultHasher`).
+/// A word-at-a-time multiplicative hash (FxHash's mixing step, plus the length): stable
+/// across platforms and Rust versions (unlike `DefaultHasher`), and fast enough to hash
+/// every byte the engine sends.
 #[derive(Clone, Debug)]
 pub struct Digest(u64);
 
@@ -18,18 +20,33 @@ impl Default for Digest {
     }
 }
 
+const K: u64 = 0x517c_c1b7_2722_0a95;
+
 impl Digest {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+    }
     pub fn bytes(&mut self, b: &[u8]) {
-        for x in b {
-            self.0 ^= u64::from(*x);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        self.word(b.len() as u64);
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(w));
         }
     }
     pub fn u64(&mut self, v: u64) {
-        self.bytes(&v.to_le_bytes());
+        self.word(v);
     }
     pub fn u128(&mut self, v: u128) {
-        self.bytes(&v.to_le_bytes());
+        self.word(v as u64);
+        self.word((v >> 64) as u64);
     }
     pub fn value(&self) -> u64 {
         self.0
