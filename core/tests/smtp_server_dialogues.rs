@@ -9,7 +9,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 
 use outpost_core::ids::{MessageId, TenantId};
 use outpost_core::io::{Receipt, SubmitError, SubmitErrorKind};
-use outpost_core::smtp::server::{MAX_AUTH_FAILURES, MAX_ERRORS};
+use outpost_core::smtp::server::{
+    MAX_AUTH_FAILURES, MAX_BUFFERED_INPUT, MAX_ERRORS, MAX_PENDING_OUTPUT,
+};
 use outpost_core::smtp::{AuthedTenant, ServerAction, ServerConfig, ServerEvent, ServerSession};
 use outpost_core::status::MessageStatus;
 use outpost_core::time::Time;
@@ -135,7 +137,11 @@ fn greeting_and_ehlo_without_tls() {
     let mut s = connected(config());
     step(&mut s, "EHLO client.test\r\n", EHLO_PLAIN);
     step(&mut s, "HELO client.test\r\n", "250 mx.outpost.test\r\n");
-    step(&mut s, "STARTTLS\r\n", "502 5.5.1 Error: command not implemented\r\n");
+    step(
+        &mut s,
+        "STARTTLS\r\n",
+        "502 5.5.1 Error: command not implemented\r\n",
+    );
     step(&mut s, "EHLO\r\n", "501 5.5.4 Syntax: EHLO hostname\r\n");
     assert!(!s.tls_active());
 }
@@ -146,7 +152,11 @@ fn starttls_then_ehlo_again_offers_auth_not_starttls() {
         tls_available: true,
         ..config()
     });
-    step(&mut s, "STARTTLS\r\n", "503 5.5.1 Error: send EHLO first\r\n");
+    step(
+        &mut s,
+        "STARTTLS\r\n",
+        "503 5.5.1 Error: send EHLO first\r\n",
+    );
     step(&mut s, "EHLO client.test\r\n", EHLO_STARTTLS);
     step(
         &mut s,
@@ -169,7 +179,11 @@ fn starttls_then_ehlo_again_offers_auth_not_starttls() {
         "503 5.5.1 Error: send HELO/EHLO first\r\n",
     );
     step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
-    step(&mut s, "STARTTLS\r\n", "503 5.5.1 Error: TLS already active\r\n");
+    step(
+        &mut s,
+        "STARTTLS\r\n",
+        "503 5.5.1 Error: TLS already active\r\n",
+    );
 }
 
 #[test]
@@ -252,7 +266,10 @@ fn auth_plain_with_continuation_and_authzid() {
     });
     step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
     step(&mut s, "auth plain\r\n", "334 \r\n");
-    s.on_bytes(T0, format!("{}\r\n", B64.encode("user\0user\0secret")).as_bytes());
+    s.on_bytes(
+        T0,
+        format!("{}\r\n", B64.encode("user\0user\0secret")).as_bytes(),
+    );
     assert_eq!(actions(&mut s), vec![]);
     assert_eq!(events(&mut s), vec![auth_request("user", "secret")]);
     s.on_auth_result(T0, Some(tenant()));
@@ -321,7 +338,11 @@ fn auth_errors_cancel_unknown_mechanism_bad_base64() {
         auth_without_tls: true,
         ..config()
     });
-    step(&mut s, "AUTH PLAIN\r\n", "503 5.5.1 Error: send EHLO first\r\n");
+    step(
+        &mut s,
+        "AUTH PLAIN\r\n",
+        "503 5.5.1 Error: send EHLO first\r\n",
+    );
     step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
     step(
         &mut s,
@@ -336,7 +357,11 @@ fn auth_errors_cancel_unknown_mechanism_bad_base64() {
     step(&mut s, "AUTH PLAIN\r\n", "334 \r\n");
     step(&mut s, "*\r\n", "501 5.7.0 Authentication cancelled\r\n");
     step(&mut s, "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
-    step(&mut s, "not base64!\r\n", "501 5.5.2 Cannot decode response\r\n");
+    step(
+        &mut s,
+        "not base64!\r\n",
+        "501 5.5.2 Cannot decode response\r\n",
+    );
     step(
         &mut s,
         &format!("AUTH PLAIN {}\r\n", B64.encode("only-one-part")),
@@ -359,7 +384,10 @@ fn too_many_failed_authentications_close() {
     });
     step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
     for i in 1..=MAX_AUTH_FAILURES {
-        s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "bad")).as_bytes());
+        s.on_bytes(
+            T0,
+            format!("AUTH PLAIN {}\r\n", plain("u", "bad")).as_bytes(),
+        );
         assert_eq!(events(&mut s), vec![auth_request("u", "bad")]);
         s.on_auth_result(T0, None);
         if i < MAX_AUTH_FAILURES {
@@ -412,7 +440,11 @@ fn unauthenticated_mail_from_is_refused() {
         "MAIL FROM:<a@example.com>\r\n",
         "530 5.7.0 Authentication required\r\n",
     );
-    step(&mut s, "RCPT TO:<victim@else.org>\r\n", "503 5.5.1 Error: need MAIL command\r\n");
+    step(
+        &mut s,
+        "RCPT TO:<victim@else.org>\r\n",
+        "503 5.5.1 Error: need MAIL command\r\n",
+    );
 }
 
 #[test]
@@ -516,7 +548,10 @@ fn pipelined_submission_with_dot_unstuffing() {
          RCPT TO:<C@Y.ORG>\r\nDATA\r\n",
         "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
     );
-    s.on_bytes(T0, b"Subject: dots\r\n\r\n..leading\r\n..\r\nbare\nend\r\n.\r\n");
+    s.on_bytes(
+        T0,
+        b"Subject: dots\r\n\r\n..leading\r\n..\r\nbare\nend\r\n.\r\n",
+    );
     assert_eq!(actions(&mut s), vec![]);
     assert_eq!(
         events(&mut s),
@@ -579,7 +614,11 @@ fn rset_mid_transaction() {
         "MAIL FROM:<a@example.com>\r\nMAIL FROM:<a@example.com>\r\n",
         "250 2.1.0 Ok\r\n503 5.5.1 Error: nested MAIL command\r\n",
     );
-    step(&mut s, "DATA\r\n", "554 5.5.1 Error: no valid recipients\r\n");
+    step(
+        &mut s,
+        "DATA\r\n",
+        "554 5.5.1 Error: no valid recipients\r\n",
+    );
 }
 
 #[test]
@@ -642,7 +681,11 @@ fn sequence_and_syntax_errors() {
         "VRFY someone\r\n",
         "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n",
     );
-    step(&mut s, "EXPN list\r\n", "502 5.5.1 Error: command not implemented\r\n");
+    step(
+        &mut s,
+        "EXPN list\r\n",
+        "502 5.5.1 Error: command not implemented\r\n",
+    );
     step(&mut s, "RSET now\r\n", "501 5.5.4 Syntax: RSET\r\n");
 }
 
@@ -677,7 +720,11 @@ fn smtputf8_submission() {
 #[test]
 fn bad_recipients() {
     let mut s = authed();
-    step(&mut s, "RCPT TO:<b@x.org>\r\n", "503 5.5.1 Error: need MAIL command\r\n");
+    step(
+        &mut s,
+        "RCPT TO:<b@x.org>\r\n",
+        "503 5.5.1 Error: need MAIL command\r\n",
+    );
     step(&mut s, "MAIL FROM:<a@example.com>\r\n", "250 2.1.0 Ok\r\n");
     step(
         &mut s,
@@ -689,7 +736,11 @@ fn bad_recipients() {
         "RCPT TO:<not-an-address>\r\n",
         "553 5.1.3 Bad recipient address syntax\r\n",
     );
-    step(&mut s, "RCPT TO:<>\r\n", "553 5.1.3 Bad recipient address syntax\r\n");
+    step(
+        &mut s,
+        "RCPT TO:<>\r\n",
+        "553 5.1.3 Bad recipient address syntax\r\n",
+    );
     step(
         &mut s,
         "RCPT TO:<b@x.org> NOTIFY=NEVER\r\n",
@@ -783,7 +834,11 @@ fn oversize_declared_and_actual() {
         "MAIL FROM:<a@example.com> SIZE=99999999999999999999999\r\n",
         "552 5.3.4 Message size exceeds fixed maximum message size\r\n",
     );
-    step(&mut s, "MAIL FROM:<a@example.com> SIZE=100\r\n", "250 2.1.0 Ok\r\n");
+    step(
+        &mut s,
+        "MAIL FROM:<a@example.com> SIZE=100\r\n",
+        "250 2.1.0 Ok\r\n",
+    );
 }
 
 #[test]
@@ -839,7 +894,10 @@ fn nul_in_data_refused() {
 fn bare_lf_ends_data() {
     let mut s = in_data(1000);
     s.on_bytes(T0, b"a\nb\n.\n");
-    assert_eq!(events(&mut s), vec![message(&["b@x.org"], b"a\r\nb\r\n", false)]);
+    assert_eq!(
+        events(&mut s),
+        vec![message(&["b@x.org"], b"a\r\nb\r\n", false)]
+    );
 }
 
 // ---------- answers ----------
@@ -896,7 +954,11 @@ fn message_result_error_mapping() {
         s.on_message_result(T0, result);
         assert_eq!(actions(&mut s), vec![send(want)]);
         // The transaction is over.
-        step(&mut s, "RCPT TO:<b@x.org>\r\n", "503 5.5.1 Error: need MAIL command\r\n");
+        step(
+            &mut s,
+            "RCPT TO:<b@x.org>\r\n",
+            "503 5.5.1 Error: need MAIL command\r\n",
+        );
     }
 }
 
@@ -923,7 +985,11 @@ fn rate_limited() {
         actions(&mut s),
         vec![send("451 4.7.1 Rate limit exceeded, try again later\r\n")]
     );
-    step(&mut s, "RCPT TO:<b@x.org>\r\n", "503 5.5.1 Error: need MAIL command\r\n");
+    step(
+        &mut s,
+        "RCPT TO:<b@x.org>\r\n",
+        "503 5.5.1 Error: need MAIL command\r\n",
+    );
 }
 
 #[test]
@@ -942,9 +1008,21 @@ fn answers_out_of_turn_are_ignored() {
 #[test]
 fn bad_command_then_recovery() {
     let mut s = connected(config());
-    step(&mut s, "FOO bar\r\n", "500 5.5.2 Error: command not recognized\r\n");
-    step(&mut s, "\r\n", "500 5.5.2 Error: command not recognized\r\n");
-    step(&mut s, "\u{1b}[31m\r\n", "500 5.5.2 Error: control characters in command\r\n");
+    step(
+        &mut s,
+        "FOO bar\r\n",
+        "500 5.5.2 Error: command not recognized\r\n",
+    );
+    step(
+        &mut s,
+        "\r\n",
+        "500 5.5.2 Error: command not recognized\r\n",
+    );
+    step(
+        &mut s,
+        "\u{1b}[31m\r\n",
+        "500 5.5.2 Error: control characters in command\r\n",
+    );
     s.on_bytes(T0, b"\xff\xfe\r\n");
     assert_eq!(
         actions(&mut s),
@@ -1062,4 +1140,45 @@ fn flooding_while_a_question_is_outstanding_closes() {
         ]
     );
     assert_eq!(s.buffered_len(), 0);
+}
+
+#[test]
+fn reply_amplification_is_bounded() {
+    let ehlo = b"EHLO c\r\n";
+    let chunk: Vec<u8> = ehlo.iter().copied().cycle().take(8 * 8192).collect();
+    // Read in shell-sized pieces and drained in between: every EHLO is answered.
+    let mut s = connected(config());
+    let mut written = 0;
+    for _ in 0..4 {
+        s.on_bytes(T0, &chunk);
+        while let Some(a) = s.poll_action() {
+            let ServerAction::Send(b) = a else {
+                panic!("unexpected {a:?}")
+            };
+            assert!(b.len() <= MAX_PENDING_OUTPUT + 1024);
+            written += b.len();
+        }
+    }
+    assert!(!s.is_closed());
+    assert_eq!(written, 4 * 8192 * EHLO_PLAIN.len());
+    // One huge read without draining: the output held stays bounded, and the client
+    // that does not read its replies is cut off.
+    let mut s = connected(config());
+    let huge: Vec<u8> = ehlo
+        .iter()
+        .copied()
+        .cycle()
+        .take(16 * MAX_BUFFERED_INPUT)
+        .collect();
+    s.on_bytes(T0, &huge);
+    let acts = actions(&mut s);
+    assert_eq!(acts.last(), Some(&Close));
+    let total: usize = acts
+        .iter()
+        .map(|a| match a {
+            ServerAction::Send(b) => b.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(total <= MAX_PENDING_OUTPUT + 1024, "{total}");
 }

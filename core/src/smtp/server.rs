@@ -84,6 +84,11 @@ pub const MAX_BUFFERED_INPUT: usize = 64 * 1024;
 pub const MAX_ERRORS: u32 = 20;
 /// Failed authentications after which the session ends with `421 4.7.0`.
 pub const MAX_AUTH_FAILURES: u32 = 3;
+/// Reply bytes handed out but not yet taken with `poll_action` above which the session
+/// stops reading commands. Some replies are much longer than their command (EHLO), so
+/// without this one large `on_bytes` could queue output many times its own size. Reading
+/// resumes when `poll_action` has handed everything out.
+pub const MAX_PENDING_OUTPUT: usize = 256 * 1024;
 
 /// Accepts base64 with or without padding (some clients leave it out) but nothing else.
 const B64: GeneralPurpose = GeneralPurpose::new(
@@ -284,6 +289,12 @@ pub struct ServerSession {
     auth_step: Option<AuthStep>,
     auth_failures: u32,
     errors: u32,
+    /// Bytes in queued `Send` actions.
+    unsent: usize,
+    /// Reading stopped because of [`MAX_PENDING_OUTPUT`]; `poll_action` resumes it.
+    stalled: bool,
+    /// The latest `now` passed in (for reading resumed by `poll_action`).
+    last_now: Time,
     /// The accepted MAIL FROM's transaction and the tenant it sends for.
     txn: Option<(Txn, AuthedTenant)>,
     /// A MAIL FROM waiting for `on_sender_check`.
@@ -291,7 +302,7 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
-    pub fn new(config: ServerConfig, _now: Time) -> ServerSession {
+    pub fn new(config: ServerConfig, now: Time) -> ServerSession {
         let host: String = config
             .hostname
             .chars()
@@ -320,6 +331,9 @@ impl ServerSession {
             auth_step: None,
             auth_failures: 0,
             errors: 0,
+            unsent: 0,
+            stalled: false,
+            last_now: now,
             txn: None,
             pending_mail: None,
         }
@@ -489,13 +503,18 @@ impl ServerSession {
         self.flush();
     }
 
-    /// The client closed or the connection broke: the session ends without `Close`, and
-    /// an outstanding question's answer will be ignored (a message already handed over
-    /// may still be submitted; the client was not told it was).
+    /// The client closed or the connection broke: the session ends without `Close`;
+    /// queued actions and events not yet taken are dropped, and an outstanding question's
+    /// answer will be ignored (a message already handed over may still be submitted; the
+    /// client was not told it was).
     pub fn on_disconnected(&mut self, _now: Time) {
         self.phase = Phase::Closed;
         self.release();
+        // Nothing queued can be carried out any more, nor asked.
         self.out.clear();
+        self.actions.clear();
+        self.events.clear();
+        self.unsent = 0;
     }
 
     /// When to call `on_timer`: `None` before `on_connected`, while a question is
@@ -504,8 +523,21 @@ impl ServerSession {
         self.deadline
     }
 
+    /// The next action. When the last one is taken and reading was held back by
+    /// [`MAX_PENDING_OUTPUT`], buffered input is read on (with the latest `now`), which
+    /// may queue more actions and events: drain both until `None`.
     pub fn poll_action(&mut self) -> Option<ServerAction> {
-        self.actions.pop_front()
+        let action = self.actions.pop_front();
+        if let Some(ServerAction::Send(bytes)) = &action {
+            self.unsent = self.unsent.saturating_sub(bytes.len());
+        }
+        if self.actions.is_empty() && self.stalled {
+            self.stalled = false;
+            let now = self.last_now;
+            self.process(now);
+            self.flush();
+        }
+        action
     }
 
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
@@ -578,6 +610,7 @@ impl ServerSession {
     fn flush(&mut self) {
         if !self.out.is_empty() {
             let bytes = std::mem::take(&mut self.out);
+            self.unsent = self.unsent.saturating_add(bytes.len());
             self.actions.push_back(ServerAction::Send(bytes));
         }
     }
@@ -600,11 +633,17 @@ impl ServerSession {
         self.txn = None;
         self.pending_mail = None;
         self.auth_step = None;
+        self.stalled = false;
     }
 
     /// Reads buffered input while the phase allows, then compacts the buffer.
     fn process(&mut self, now: Time) {
+        self.last_now = self.last_now.max(now);
         loop {
+            if self.unsent.saturating_add(self.out.len()) > MAX_PENDING_OUTPUT {
+                self.stalled = true;
+                break;
+            }
             let progressed = match self.phase {
                 Phase::Command => self.next_line(now),
                 Phase::Data => self.read_data(now),
@@ -775,7 +814,9 @@ impl ServerSession {
                 if rest.is_empty() {
                     self.error("501 5.5.4 Syntax: VRFY address");
                 } else {
-                    self.reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery");
+                    self.reply(
+                        "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+                    );
                 }
             }
             "EXPN" | "ETRN" | "TURN" | "BDAT" => {
@@ -815,7 +856,8 @@ impl ServerSession {
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            self.out.extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+            self.out
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
         }
     }
 
@@ -862,7 +904,8 @@ impl ServerSession {
             return self.error("503 5.5.1 Error: MAIL transaction in progress");
         }
         if !self.auth_offered() {
-            return self.error("538 5.7.11 Encryption required for requested authentication mechanism");
+            return self
+                .error("538 5.7.11 Encryption required for requested authentication mechanism");
         }
         let mut words = rest.split(' ').filter(|w| !w.is_empty());
         let (Some(mechanism), initial, None) = (words.next(), words.next(), words.next()) else {

@@ -89,6 +89,7 @@ fn param(p: &str) -> Option<(String, Option<&str>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -112,10 +113,7 @@ mod tests {
             ]
         );
         assert_eq!(path_args("from: <>", "FROM:").unwrap().address, "");
-        assert_eq!(
-            path_args("TO:<@r1,@r2:u@d>", "TO:").unwrap().address,
-            "u@d"
-        );
+        assert_eq!(path_args("TO:<@r1,@r2:u@d>", "TO:").unwrap().address, "u@d");
         assert_eq!(
             path_args("TO:<\"a>b\"@d>", "TO:").unwrap().address,
             "\"a>b\"@d"
