@@ -48,7 +48,19 @@
 //! arrives and answered `500 5.5.2` at its end. Unread input is at most
 //! [`MAX_BUFFERED_INPUT`] octets ([`ServerSession::buffered_len`]); the message body at
 //! most `max_message_size` ([`ServerSession::message_len`]): past it the body is read
-//! and dropped to its final dot, then refused with `552 5.3.4`.
+//! and dropped to its final dot, then refused with `552 5.3.4`. Replies queued but not yet
+//! taken are kept near [`MAX_PENDING_OUTPUT`]: past it, reading pauses until
+//! `poll_action` has handed everything out (a client that pipelines without reading its
+//! replies then fills the input buffer and is cut off with `421`).
+//!
+//! # Errors
+//!
+//! Every 4xx/5xx answer to a command (unknown command `500 5.5.2`, syntax `501 5.5.4`,
+//! sequence `503 5.5.1`, refusals such as `530`, `550`, `553`, `452`, `535`) counts
+//! towards [`MAX_ERRORS`]; the one that reaches it is followed by
+//! `421 4.7.0 <hostname> Error: too many errors` and `Close`. Answers to a finished
+//! message (`on_message_result`, `on_rate_limited`) do not count. The session never
+//! panics on input and survives any number of bad commands below the limit.
 
 mod data;
 mod parse;
