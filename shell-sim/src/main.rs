@@ -186,6 +186,13 @@ fn main() -> ExitCode {
         per_sec,
         per_sec * 60.0 / 1e6
     );
+    if let Some(cpu) = cpu_seconds() {
+        let per_cpu = total.recipients as f64 / cpu.max(1e-9);
+        println!(
+            "cpu time: {cpu:.2}s; {per_cpu:.0} recipient lifecycles per CPU-second ({:.2}M per CPU-minute)",
+            per_cpu * 60.0 / 1e6
+        );
+    }
     if let Some(f) = failures.first() {
         println!("--- first failure:");
         print_failure(f, true);
@@ -196,6 +203,18 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// CPU seconds used by this process (user + system), from /proc (Linux); the machine is
+/// shared, so wall time alone says little about the simulator's own speed.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 fn describe(s: &Summary) -> String {
