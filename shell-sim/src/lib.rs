@@ -92,6 +92,14 @@ pub struct Summary {
     pub failed: u64,
     pub suppressed: u64,
     pub webhooks_failed: u64,
+    /// Coverage of the checks: breakers compared across a restart (warm-up), probes
+    /// while half-open, orphan spool files deleted, spool scans that failed to read,
+    /// 550 5.1.1 bounces checked for their suppression.
+    pub warmup_checks: u64,
+    pub probes: u64,
+    pub orphans_deleted: u64,
+    pub scans_failed: u64,
+    pub hard_bounces_checked: u64,
     pub steps: u64,
     /// Hash of every input and output of the run (XOR-combined over seeds).
     pub digest: u64,
@@ -122,6 +130,11 @@ impl Summary {
         self.failed += o.failed;
         self.suppressed += o.suppressed;
         self.webhooks_failed += o.webhooks_failed;
+        self.warmup_checks += o.warmup_checks;
+        self.probes += o.probes;
+        self.orphans_deleted += o.orphans_deleted;
+        self.scans_failed += o.scans_failed;
+        self.hard_bounces_checked += o.hard_bounces_checked;
         self.steps += o.steps;
         self.digest ^= o.digest;
         for (k, n) in &o.allowed {

@@ -237,6 +237,10 @@ fn describe(s: &Summary) -> String {
         s.webhooks_failed,
         s.steps
     );
+    out.push_str(&format!(
+        "; check coverage: warm-up comparisons {}, half-open probes {}, orphan files deleted {}, failed spool scans {}, 5.1.1 bounces checked {}",
+        s.warmup_checks, s.probes, s.orphans_deleted, s.scans_failed, s.hard_bounces_checked
+    ));
     if !s.allowed.is_empty() {
         out.push_str(&format!("; allowed findings: {:?}", s.allowed));
     }

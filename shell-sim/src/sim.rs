@@ -683,6 +683,7 @@ impl Sim {
                 let live_fail = self.chance(self.fault_p(0.2));
                 if files_fail || live_fail {
                     self.sum.faults += 1;
+                    self.sum.scans_failed += 1;
                 }
                 let files = if files_fail {
                     Err("EIO listing spool directory".to_string())
@@ -1213,7 +1214,9 @@ impl Sim {
                 }
                 for m in messages {
                     self.check_deletable(m, "DeleteOrphans", true)?;
-                    self.store.spool.remove(&m);
+                    if self.store.spool.remove(&m).is_some() {
+                        self.sum.orphans_deleted += 1;
+                    }
                 }
                 Ok(())
             }
@@ -1485,6 +1488,7 @@ impl Sim {
         self.open_per_domain[d] += 1;
         if probe {
             self.probes_per_domain[d] += 1;
+            self.sum.probes += 1;
         }
         let caps = self.topo.domains[d].b.caps.clone();
         let host = self.topo.domains[d].hosts[h].name.clone();
@@ -2132,6 +2136,7 @@ impl Sim {
             })
             .map(|b| (b.domain.clone(), b.explanation.clone()))
             .collect();
+        self.sum.warmup_checks += expect_open.len() as u64;
         self.feed(Input::Recovered(Box::new(snap)))?;
         let after = self.engine.breakers(self.now);
         for (d, why) in expect_open {
@@ -2319,6 +2324,7 @@ impl Sim {
                 let Some(r) = self.store.recipient(a.message, a.idx) else {
                     continue;
                 };
+                self.sum.hard_bounces_checked += 1;
                 if a.status != RecipientStatus::Bounced {
                     return v(
                         "5 suppression",
