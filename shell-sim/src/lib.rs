@@ -187,6 +187,7 @@ pub const KNOWN_FINDINGS: &[&str] = &[
     "breaker-open-connect",
     "breaker-half-open-extra",
     "endpoint-after-failed-write",
+    "failed-write-not-retried",
 ];
 
 /// Runs one seed. On a violation, replays the seed to collect the last 50 trace lines.

@@ -200,6 +200,8 @@ pub struct Sim {
     posted_ok: HashSet<(EndpointId, EventId)>,
     deleted_endpoints: HashSet<EndpointId>,
     removed_suppressions: HashSet<(TenantId, String)>,
+    /// Recipient updates whose batch failed and that no later commit superseded.
+    failed_updates: HashSet<(MessageId, u32)>,
     // Spool scans.
     last_scan_ok: Option<bool>,
     // Clock.
@@ -304,6 +306,7 @@ impl Sim {
             posted_ok: HashSet::new(),
             deleted_endpoints: HashSet::new(),
             removed_suppressions: HashSet::new(),
+            failed_updates: HashSet::new(),
             last_scan_ok: None,
             last_gap_end: START,
             same_time_ticks: 0,
@@ -1611,6 +1614,11 @@ impl Sim {
         }
         if b.fail {
             self.sum.faults += 1;
+            for op in &b.ops {
+                if let StoreOp::UpdateRecipient { message, idx, .. } = op {
+                    self.failed_updates.insert((*message, *idx));
+                }
+            }
             return self.feed(Input::PersistFailed {
                 batch,
                 error: "disk I/O error".into(),
@@ -1650,6 +1658,9 @@ impl Sim {
     /// Applies a batch to the store and checks invariant 3's per-batch rules.
     fn commit(&mut self, b: &Inflight) -> R {
         let a = self.store.apply(self.now, &b.ops);
+        for (m, i, _, _) in &a.changes {
+            self.failed_updates.remove(&(*m, *i));
+        }
         if let Some((m, i)) = a.unknown.first() {
             return v(
                 "3 outbox",
@@ -2182,11 +2193,25 @@ impl Sim {
     /// Invariant 1, periodically: nothing stays non-terminal long past its max age.
     fn check_ages(&mut self) -> R {
         let slack = self.smtp_slack();
+        let mut stuck = Vec::new();
         for id in &self.store.live {
             let Some(m) = self.store.messages.get(id) else {
                 continue;
             };
             let bound = m.expires_at.max(self.last_gap_end).plus(slack);
+            if self.now > bound
+                && m.recipients
+                    .iter()
+                    .filter(|r| !r.status.is_terminal())
+                    .all(|r| self.failed_updates.contains(&(*id, r.idx)))
+            {
+                stuck.push(format!(
+                    "{id} (expires {:?}): non-terminal recipients {:?} past max age; their last write failed and was never retried (in memory they moved on)",
+                    m.expires_at,
+                    m.recipients.iter().filter(|r| !r.status.is_terminal()).map(|r| r.idx).collect::<Vec<_>>()
+                ));
+                continue;
+            }
             if self.now > bound {
                 let st: Vec<String> = m
                     .recipients
@@ -2211,6 +2236,9 @@ impl Sim {
                 );
             }
         }
+        for detail in stuck {
+            self.soft("failed-write-not-retried", "1 liveness", detail)?;
+        }
         Ok(())
     }
 
@@ -2221,6 +2249,7 @@ impl Sim {
         if let Some(r) = self.admin_pending.keys().next() {
             return v("admin answers", format!("admin r{} never answered", r.0));
         }
+        let mut stuck = Vec::new();
         for id in self.acked.keys() {
             let Some(m) = self.store.messages.get(id) else {
                 return v(
@@ -2229,6 +2258,15 @@ impl Sim {
                 );
             };
             if let Some(r) = m.recipients.iter().find(|r| !r.status.is_terminal()) {
+                if self.failed_updates.contains(&(*id, r.idx)) {
+                    stuck.push(format!(
+                        "{id}#{} {} is {} after the drain: its last write failed and was never retried",
+                        r.idx,
+                        r.address,
+                        r.status.as_str()
+                    ));
+                    continue;
+                }
                 return v(
                     "1 liveness",
                     format!(
@@ -2243,11 +2281,21 @@ impl Sim {
                 );
             }
         }
-        if let Some(id) = self.store.live.iter().next() {
+        if let Some(id) = self.store.live.iter().find(|id| {
+            !self.acked.contains_key(id)
+                && self.store.messages.get(id).is_some_and(|m| {
+                    m.recipients.iter().any(|r| {
+                        !r.status.is_terminal() && !self.failed_updates.contains(&(**id, r.idx))
+                    })
+                })
+        }) {
             return v(
                 "1 liveness",
                 format!("{id} (never acknowledged) still non-terminal after the drain"),
             );
+        }
+        for detail in stuck {
+            self.soft("failed-write-not-retried", "1 liveness", detail)?;
         }
         for (m, rec) in &self.store.messages {
             if !self.acked.contains_key(m) && self.insert_acked.contains(m) && self.sum.crashes == 0
