@@ -203,9 +203,9 @@ impl Harness {
 
     fn sent(&mut self, bytes: &[u8]) {
         assert!(bytes.ends_with(b"\r\n"), "command without CRLF: {bytes:?}");
-        for line in bytes[..bytes.len() - 2].split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or_else(|| {
-                panic!("bare LF inside a command: {:?}", String::from_utf8_lossy(bytes))
+        for line in bytes.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r\n").unwrap_or_else(|| {
+                panic!("line without CRLF in a command: {:?}", String::from_utf8_lossy(bytes))
             });
             assert!(!line.contains(&b'\r'), "bare CR in a command");
             assert!(line.len() <= 1000, "command line too long");
