@@ -53,6 +53,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Recipient domains as submitted, and as the engine resolves them.
 const DOMAINS: [&str; 4] = ["a.test", "b.test", "c.test", "bücher.test"];
 const ASCII: [&str; 4] = ["a.test", "b.test", "c.test", "xn--bcher-kva.test"];
+/// (No quoted local part with a space: that is the known bug of
+/// `core/tests/fuzz_regressions.rs::quoted_local_part_with_space_is_never_stuck_in_sending`,
+/// which would fail the liveness check of every run.)
 const LOCALS: [&str; 7] = ["alice", "bob", "dead", "x.y+t", "üser", "Alice", "full"];
 
 fn ip(n: usize) -> IpAddr {
