@@ -66,9 +66,9 @@ impl World {
                 query,
                 result: match kind {
                     QueryKind::Mx => Ok(DnsAnswer::Mx(vec![(10, "mx.example.org".into())])),
-                    QueryKind::Address => Ok(DnsAnswer::Address(vec![IpAddr::V4(
-                        Ipv4Addr::new(10, 0, 0, 1),
-                    )])),
+                    QueryKind::Address => Ok(DnsAnswer::Address(vec![IpAddr::V4(Ipv4Addr::new(
+                        10, 0, 0, 1,
+                    ))])),
                 },
             }),
             Output::Connect { conn, .. } => {
@@ -136,9 +136,7 @@ impl World {
                 StoreOp::InsertMessage { message, .. } => {
                     s = message.recipients.get(idx as usize).map(|r| r.status);
                 }
-                StoreOp::UpdateRecipient {
-                    idx: i, status, ..
-                } if *i == idx => s = Some(*status),
+                StoreOp::UpdateRecipient { idx: i, status, .. } if *i == idx => s = Some(*status),
                 _ => {}
             }
         }
@@ -236,9 +234,5 @@ fn prepared_envelopes_are_writable_by_the_client() {
             }
         }
     }
-    assert!(
-        refused.is_empty(),
-        "accepted but unwritable: {refused:?}"
-    );
+    assert!(refused.is_empty(), "accepted but unwritable: {refused:?}");
 }
-

@@ -35,8 +35,11 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use outpost_core::Engine;
 use outpost_core::config::{Config, DomainPolicy};
-use outpost_core::ids::{BatchId, ConnId, EndpointId, EventId, MessageId, PostId, QueryId, RequestId, TenantId};
+use outpost_core::ids::{
+    BatchId, ConnId, EndpointId, EventId, MessageId, PostId, QueryId, RequestId, TenantId,
+};
 use outpost_core::io::{
     AdminCommand, AdminReply, ComposeRequest, DnsAnswer, DnsError, ForcedBreakerState, Input,
     Output, QueryKind, SpoolFile, Submission, SubmissionContent,
@@ -44,7 +47,6 @@ use outpost_core::io::{
 use outpost_core::model::{EventKind, Snapshot, Source, StoreOp};
 use outpost_core::status::RecipientStatus;
 use outpost_core::time::Time;
-use outpost_core::Engine;
 
 const T0: Time = Time(1_800_000_000_000);
 const MIN: Duration = Duration::from_secs(60);
@@ -120,22 +122,56 @@ struct ServerProfile {
 enum Op {
     Submit(Sub),
     Auto(u8),
-    Dns { pick: u8, answer: DnsChoice },
-    Connect { pick: u8, ok: bool },
-    Deliver { pick: u8, split: u8 },
-    Garbage { pick: u8, bytes: Vec<u8> },
-    Canned { pick: u8, idx: u8 },
-    Tls { pick: u8, kind: u8 },
-    Disconnect { pick: u8, err: bool },
+    Dns {
+        pick: u8,
+        answer: DnsChoice,
+    },
+    Connect {
+        pick: u8,
+        ok: bool,
+    },
+    Deliver {
+        pick: u8,
+        split: u8,
+    },
+    Garbage {
+        pick: u8,
+        bytes: Vec<u8>,
+    },
+    Canned {
+        pick: u8,
+        idx: u8,
+    },
+    Tls {
+        pick: u8,
+        kind: u8,
+    },
+    Disconnect {
+        pick: u8,
+        err: bool,
+    },
     Ack(u8),
     Fail(u8),
     AckAll,
-    Bogus { id: u16, ack: bool },
-    Webhook { pick: u8, status: u8 },
+    Bogus {
+        id: u16,
+        ack: bool,
+    },
+    Webhook {
+        pick: u8,
+        status: u8,
+    },
     Admin(AdminOp),
     Tick(u8),
-    Scan { files_ok: bool, live_ok: bool, stray: bool },
-    Reprofile { server: u8, profile: ServerProfile },
+    Scan {
+        files_ok: bool,
+        live_ok: bool,
+        stray: bool,
+    },
+    Reprofile {
+        server: u8,
+        profile: ServerProfile,
+    },
     Drain(u8),
 }
 
@@ -161,24 +197,90 @@ enum DnsChoice {
 
 #[derive(Arbitrary, Debug)]
 enum AdminOp {
-    Force { dom: u8, open: bool },
-    RetryNow { pick: u8, admin: bool },
-    Cancel { pick: u8, admin: bool },
-    AddSupp { other_tenant: bool, rcpt: (u8, u8) },
-    RemoveSupp { other_tenant: bool, rcpt: (u8, u8) },
-    CreateEndpoint { other_tenant: bool, url: u8, events: u8 },
-    DeleteEndpoint { pick: u8 },
-    Rotate { pick: u8 },
-    RetryDelivery { pick: u8, event: u8 },
+    Force {
+        dom: u8,
+        open: bool,
+    },
+    RetryNow {
+        pick: u8,
+        admin: bool,
+    },
+    Cancel {
+        pick: u8,
+        admin: bool,
+    },
+    AddSupp {
+        other_tenant: bool,
+        rcpt: (u8, u8),
+    },
+    RemoveSupp {
+        other_tenant: bool,
+        rcpt: (u8, u8),
+    },
+    CreateEndpoint {
+        other_tenant: bool,
+        url: u8,
+        events: u8,
+    },
+    DeleteEndpoint {
+        pick: u8,
+    },
+    Rotate {
+        pick: u8,
+    },
+    RetryDelivery {
+        pick: u8,
+        event: u8,
+    },
 }
 
 // ---------------------------------------------------------------- replies
 
-const GREETING: &[&str] = &["220 mx ESMTP", "220 mx ESMTP", "220 mx ESMTP", "421 4.3.2 busy", "554 5.7.1 go away", "hello there", "220-mx\r\n220 ready"];
-const MAIL: &[&str] = &["250 2.1.0 ok", "250 2.1.0 ok", "250 2.1.0 ok", "451 4.3.0 try later", "550 5.7.1 sender rejected", "421 4.7.0 closing", "552 5.3.4 too big"];
-const RCPT: &[&str] = &["250 2.1.5 ok", "250 2.1.5 ok", "250 2.1.5 ok", "450 4.2.1 later", "550 5.1.1 user unknown", "551 5.1.6 moved", "552 5.2.2 mailbox full", "421 4.7.0 closing", "554 5.7.1 spam"];
-const DATA: &[&str] = &["354 go ahead", "354 go ahead", "354 go ahead", "451 4.3.0 later", "554 5.5.1 no"];
-const END: &[&str] = &["250 2.0.0 queued", "250 2.0.0 queued", "250 2.0.0 queued", "451 4.3.0 later", "552 5.2.2 full", "421 4.7.0 bye", "554 5.7.1 spam"];
+const GREETING: &[&str] = &[
+    "220 mx ESMTP",
+    "220 mx ESMTP",
+    "220 mx ESMTP",
+    "421 4.3.2 busy",
+    "554 5.7.1 go away",
+    "hello there",
+    "220-mx\r\n220 ready",
+];
+const MAIL: &[&str] = &[
+    "250 2.1.0 ok",
+    "250 2.1.0 ok",
+    "250 2.1.0 ok",
+    "451 4.3.0 try later",
+    "550 5.7.1 sender rejected",
+    "421 4.7.0 closing",
+    "552 5.3.4 too big",
+];
+const RCPT: &[&str] = &[
+    "250 2.1.5 ok",
+    "250 2.1.5 ok",
+    "250 2.1.5 ok",
+    "450 4.2.1 later",
+    "550 5.1.1 user unknown",
+    "551 5.1.6 moved",
+    "552 5.2.2 mailbox full",
+    "421 4.7.0 closing",
+    "554 5.7.1 spam",
+];
+const DATA: &[&str] = &[
+    "354 go ahead",
+    "354 go ahead",
+    "354 go ahead",
+    "451 4.3.0 later",
+    "554 5.5.1 no",
+];
+const END: &[&str] = &[
+    "250 2.0.0 queued",
+    "250 2.0.0 queued",
+    "250 2.0.0 queued",
+    "451 4.3.0 later",
+    "552 5.2.2 full",
+    "421 4.7.0 bye",
+    "554 5.7.1 spam",
+];
 const CANNED: &[&[u8]] = &[
     b"220 mx ESMTP\r\n",
     b"250 ok\r\n",
@@ -341,7 +443,10 @@ impl World {
         let is_tick = matches!(input, Input::Tick);
         match &input {
             Input::Resolved { query, .. } => {
-                step.exempt = self.queries.get(query).is_some_and(|q| q.1 == QueryKind::Address);
+                step.exempt = self
+                    .queries
+                    .get(query)
+                    .is_some_and(|q| q.1 == QueryKind::Address);
                 self.queries.remove(query);
             }
             Input::Connected { conn }
@@ -368,14 +473,22 @@ impl World {
         self.engine.handle(self.now, input);
         self.observe(&mut step, Some(&open_before));
         if is_tick && let Some(t) = self.engine.poll_timeout() {
-            assert!(t >= self.now, "(e) poll_timeout {t:?} is before now {:?} after a Tick", self.now);
+            assert!(
+                t >= self.now,
+                "(e) poll_timeout {t:?} is before now {:?} after a Tick",
+                self.now
+            );
         }
     }
 
     fn open_domains(&self) -> BTreeSet<String> {
         ASCII
             .iter()
-            .filter(|d| self.engine.breaker(d, self.now).is_some_and(|b| b.state == "open"))
+            .filter(|d| {
+                self.engine
+                    .breaker(d, self.now)
+                    .is_some_and(|b| b.state == "open")
+            })
             .map(|d| d.to_string())
             .collect()
     }
@@ -386,7 +499,10 @@ impl World {
             match out {
                 Output::Persist { batch, ops } => self.on_persist(batch, ops, step),
                 Output::SubmitAccepted { request, receipt } => {
-                    let r = self.requests.get_mut(&request).unwrap_or_else(|| panic!("(b) answer to unknown {request:?}"));
+                    let r = self
+                        .requests
+                        .get_mut(&request)
+                        .unwrap_or_else(|| panic!("(b) answer to unknown {request:?}"));
                     assert!(!r.answered, "(b) {request:?} answered twice");
                     r.answered = true;
                     assert!(
@@ -399,22 +515,41 @@ impl World {
                     }
                 }
                 Output::SubmitRejected { request, error } => {
-                    let r = self.requests.get_mut(&request).unwrap_or_else(|| panic!("(b) answer to unknown {request:?}"));
+                    let r = self
+                        .requests
+                        .get_mut(&request)
+                        .unwrap_or_else(|| panic!("(b) answer to unknown {request:?}"));
                     assert!(!r.answered, "(b) {request:?} answered twice");
                     r.answered = true;
                     if let Some(m) = r.message {
-                        assert!(!self.stored_messages.contains(&m), "(b) rejected after its message was stored: {error:?}");
+                        assert!(
+                            !self.stored_messages.contains(&m),
+                            "(b) rejected after its message was stored: {error:?}"
+                        );
                     }
                     assert!(!error.message.chars().any(char::is_control));
                 }
                 Output::Resolve { query, name, kind } => {
-                    assert!(self.queries.insert(query, (name, kind)).is_none(), "query id reused");
+                    assert!(
+                        self.queries.insert(query, (name, kind)).is_none(),
+                        "query id reused"
+                    );
                 }
                 Output::Connect { conn, ip, mx, .. } => {
-                    assert!(!self.conns.contains_key(&conn), "connection id {conn:?} reused");
+                    assert!(
+                        !self.conns.contains_key(&conn),
+                        "connection id {conn:?} reused"
+                    );
                     self.conns.insert(
                         conn,
-                        ConnModel { ip, mx: mx.clone(), state: ConnState::Connecting, owed: Vec::new(), rcpt_n: 0, tls_pending: false },
+                        ConnModel {
+                            ip,
+                            mx: mx.clone(),
+                            state: ConnState::Connecting,
+                            owed: Vec::new(),
+                            rcpt_n: 0,
+                            tls_pending: false,
+                        },
                     );
                     connects.push(mx);
                 }
@@ -424,9 +559,18 @@ impl World {
                 }
                 Output::SendSpool { conn, message } => {
                     self.live_conn(conn, "SendSpool");
-                    assert!(self.stored_messages.contains(&message), "SendSpool of a message not stored");
-                    assert!(!self.deleted_spools.contains(&message), "SendSpool after DeleteSpool");
-                    let end = self.profile(conn).map(|p| table(END, p.end)).unwrap_or_default();
+                    assert!(
+                        self.stored_messages.contains(&message),
+                        "SendSpool of a message not stored"
+                    );
+                    assert!(
+                        !self.deleted_spools.contains(&message),
+                        "SendSpool after DeleteSpool"
+                    );
+                    let end = self
+                        .profile(conn)
+                        .map(|p| table(END, p.end))
+                        .unwrap_or_default();
                     self.owe(conn, &end);
                 }
                 Output::StartTls { conn, .. } => {
@@ -443,27 +587,51 @@ impl World {
                     step.exempt = true;
                 }
                 Output::PostWebhook { post, event, .. } => {
-                    assert!(self.acked_event_set.contains(&event), "webhook posts an event that is not persisted");
+                    assert!(
+                        self.acked_event_set.contains(&event),
+                        "webhook posts an event that is not persisted"
+                    );
                     assert!(self.posts.insert(post, event).is_none(), "post id reused");
                 }
                 Output::DeleteSpool { message } => {
-                    assert!(self.stored_messages.contains(&message), "DeleteSpool of an unknown message");
-                    assert!(self.deleted_spools.insert(message), "DeleteSpool twice for {message:?}");
+                    assert!(
+                        self.stored_messages.contains(&message),
+                        "DeleteSpool of an unknown message"
+                    );
+                    assert!(
+                        self.deleted_spools.insert(message),
+                        "DeleteSpool twice for {message:?}"
+                    );
                     for ((m, idx), (s, _)) in self.store.range((message, 0)..=(message, u32::MAX)) {
-                        assert!(s.is_terminal(), "DeleteSpool while {m:?}/{idx} is {s:?} in the store");
+                        assert!(
+                            s.is_terminal(),
+                            "DeleteSpool while {m:?}/{idx} is {s:?} in the store"
+                        );
                     }
                 }
                 Output::ScanSpool => self.scan_pending = true,
                 Output::DeleteOrphans { messages } => {
                     for m in messages {
-                        let live = self.store.range((m, 0)..=(m, u32::MAX)).any(|(_, (s, _))| !s.is_terminal());
+                        let live = self
+                            .store
+                            .range((m, 0)..=(m, u32::MAX))
+                            .any(|(_, (s, _))| !s.is_terminal());
                         assert!(!live, "orphan deletion of live message {m:?}");
-                        let pending = self.batches.values().any(|ops| ops.iter().any(|op| op_message(op) == Some(m)));
-                        assert!(!pending, "orphan deletion of a message with an unacknowledged batch");
+                        let pending = self
+                            .batches
+                            .values()
+                            .any(|ops| ops.iter().any(|op| op_message(op) == Some(m)));
+                        assert!(
+                            !pending,
+                            "orphan deletion of a message with an unacknowledged batch"
+                        );
                     }
                 }
                 Output::AdminAnswer { request, result } => {
-                    let a = self.admin.get_mut(&request).unwrap_or_else(|| panic!("admin answer to unknown {request:?}"));
+                    let a = self
+                        .admin
+                        .get_mut(&request)
+                        .unwrap_or_else(|| panic!("admin answer to unknown {request:?}"));
                     assert!(!*a, "admin {request:?} answered twice");
                     *a = true;
                     if let Ok(AdminReply::Endpoint(e)) = result {
@@ -495,12 +663,18 @@ impl World {
     fn live_conn(&self, conn: ConnId, what: &str) {
         match self.conns.get(&conn) {
             None => panic!("{what} on a connection never opened: {conn:?}"),
-            Some(c) => assert!(c.state != ConnState::Dead, "{what} on {conn:?} after it closed"),
+            Some(c) => assert!(
+                c.state != ConnState::Dead,
+                "{what} on {conn:?} after it closed"
+            ),
         }
     }
 
     fn on_persist(&mut self, batch: BatchId, ops: Vec<StoreOp>, step: &mut Step) {
-        assert!(!self.acked.contains(&batch), "batch {batch:?} re-emitted after it was acknowledged");
+        assert!(
+            !self.acked.contains(&batch),
+            "batch {batch:?} re-emitted after it was acknowledged"
+        );
         if let Some((_, first)) = self.batch_first.get(&batch) {
             assert_eq!(first, &ops, "a retried batch changed");
             self.batches.insert(batch, ops);
@@ -509,7 +683,12 @@ impl World {
         // (c) seq order, on first emission.
         for op in &ops {
             if let StoreOp::InsertEvent(e) = op {
-                assert!(e.seq > self.last_seq, "(c) event seq {} after {}", e.seq, self.last_seq);
+                assert!(
+                    e.seq > self.last_seq,
+                    "(c) event seq {} after {}",
+                    e.seq,
+                    self.last_seq
+                );
                 self.last_seq = e.seq;
             }
         }
@@ -522,7 +701,12 @@ impl World {
                     for r in &message.recipients {
                         changes.push((message.id, r.idx, EventKind::Queued));
                         if r.status != RecipientStatus::Queued {
-                            assert_eq!(r.status, RecipientStatus::Suppressed, "inserted as {:?}", r.status);
+                            assert_eq!(
+                                r.status,
+                                RecipientStatus::Suppressed,
+                                "inserted as {:?}",
+                                r.status
+                            );
                             changes.push((message.id, r.idx, EventKind::Suppressed));
                         }
                     }
@@ -532,7 +716,12 @@ impl World {
                         r.message = Some(message.id);
                     }
                 }
-                StoreOp::UpdateRecipient { message, idx, status, .. } => {
+                StoreOp::UpdateRecipient {
+                    message,
+                    idx,
+                    status,
+                    ..
+                } => {
                     let kind = EventKind::for_status(*status);
                     assert!(kind.is_some(), "an update to {status:?} is persisted");
                     changes.extend(kind.map(|k| (*message, *idx, k)));
@@ -543,9 +732,13 @@ impl World {
         }
         changes.sort();
         events.sort();
-        assert_eq!(changes, events, "(f) events and status changes differ in batch {batch:?}");
+        assert_eq!(
+            changes, events,
+            "(f) events and status changes differ in batch {batch:?}"
+        );
         self.batch_order += 1;
-        self.batch_first.insert(batch, (self.batch_order, ops.clone()));
+        self.batch_first
+            .insert(batch, (self.batch_order, ops.clone()));
         self.batches.insert(batch, ops);
     }
 
@@ -559,12 +752,20 @@ impl World {
         for op in ops {
             match op {
                 StoreOp::InsertMessage { message, .. } => {
-                    assert!(self.stored_messages.insert(message.id), "message inserted twice");
+                    assert!(
+                        self.stored_messages.insert(message.id),
+                        "message inserted twice"
+                    );
                     for r in &message.recipients {
                         self.store.insert((message.id, r.idx), (r.status, order));
                     }
                 }
-                StoreOp::UpdateRecipient { message, idx, status, .. } => {
+                StoreOp::UpdateRecipient {
+                    message,
+                    idx,
+                    status,
+                    ..
+                } => {
                     let Some(cur) = self.store.get_mut(&(message, idx)) else {
                         panic!("update of a recipient that is not stored: {message:?}/{idx}");
                     };
@@ -618,7 +819,14 @@ impl World {
                     5 => "421 4.3.2 bye".to_string(),
                     _ => {
                         let mut s = "250-mx".to_string();
-                        let caps = ["PIPELINING", "STARTTLS", "SIZE 100000", "SMTPUTF8", "8BITMIME", "SIZE 10"];
+                        let caps = [
+                            "PIPELINING",
+                            "STARTTLS",
+                            "SIZE 100000",
+                            "SMTPUTF8",
+                            "8BITMIME",
+                            "SIZE 10",
+                        ];
                         for (i, c) in caps.iter().enumerate() {
                             if p.caps & (1 << i) != 0 {
                                 s.push_str("\r\n250-");
@@ -632,7 +840,13 @@ impl World {
             } else if upper.starts_with("HELO") {
                 "250 mx".to_string()
             } else if upper == "STARTTLS" {
-                ["220 2.0.0 go", "220 2.0.0 go", "454 4.7.0 no TLS", "421 4.7.0 bye"][usize::from(p.starttls % 4)].to_string()
+                [
+                    "220 2.0.0 go",
+                    "220 2.0.0 go",
+                    "454 4.7.0 no TLS",
+                    "421 4.7.0 bye",
+                ][usize::from(p.starttls % 4)]
+                .to_string()
             } else if upper.starts_with("MAIL FROM") {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.rcpt_n = 0;
@@ -658,7 +872,9 @@ impl World {
     // ---- the well-behaved world
 
     fn dns_answer(&mut self, name: &str, kind: QueryKind) -> Result<DnsAnswer, DnsError> {
-        let d = ASCII.iter().position(|d| *d == name || name.ends_with(&format!(".{d}")));
+        let d = ASCII
+            .iter()
+            .position(|d| *d == name || name.ends_with(&format!(".{d}")));
         let Some(d) = d else {
             return Err(DnsError::NxDomain);
         };
@@ -693,10 +909,16 @@ impl World {
 
     fn note_hosts(&mut self, domain: &str, hosts: &[(u16, String)]) {
         for (_, h) in hosts {
-            self.host_domains.entry(h.clone()).or_default().insert(domain.to_string());
+            self.host_domains
+                .entry(h.clone())
+                .or_default()
+                .insert(domain.to_string());
         }
         // The domain itself, for a domain without MX.
-        self.host_domains.entry(domain.to_string()).or_default().insert(domain.to_string());
+        self.host_domains
+            .entry(domain.to_string())
+            .or_default()
+            .insert(domain.to_string());
     }
 
     /// One well-behaved action; false if there was nothing to do.
@@ -712,19 +934,31 @@ impl World {
     fn auto_action(&mut self, which: usize) -> bool {
         match which {
             0 => {
-                let Some((&b, _)) = self.batches.iter().next() else { return false };
+                let Some((&b, _)) = self.batches.iter().next() else {
+                    return false;
+                };
                 self.input(Input::Persisted { batch: b });
             }
             1 => {
-                let Some((&q, (name, kind))) = self.queries.iter().next() else { return false };
+                let Some((&q, (name, kind))) = self.queries.iter().next() else {
+                    return false;
+                };
                 let (name, kind) = (name.clone(), *kind);
                 let result = self.dns_answer(&name, kind);
                 self.input(Input::Resolved { query: q, result });
             }
             2 => {
-                let Some((&c, m)) = self.conns.iter().find(|(_, c)| c.state == ConnState::Connecting) else { return false };
+                let Some((&c, m)) = self
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.state == ConnState::Connecting)
+                else {
+                    return false;
+                };
                 let refuse = match m.ip {
-                    IpAddr::V4(v4) if (1..=4).contains(&v4.octets()[3]) => self.servers[usize::from(v4.octets()[3]) - 1].refuse % 4 == 3,
+                    IpAddr::V4(v4) if (1..=4).contains(&v4.octets()[3]) => {
+                        self.servers[usize::from(v4.octets()[3]) - 1].refuse % 4 == 3
+                    }
                     _ => true,
                 };
                 if refuse {
@@ -734,24 +968,43 @@ impl World {
                 }
             }
             3 => {
-                let Some((&c, _)) = self.conns.iter().find(|(_, c)| c.state == ConnState::Open && c.tls_pending) else { return false };
+                let Some((&c, _)) = self
+                    .conns
+                    .iter()
+                    .find(|(_, c)| c.state == ConnState::Open && c.tls_pending)
+                else {
+                    return false;
+                };
                 let kind = self.profile(c).map_or(0, |p| p.tls);
                 self.tls(c, kind);
             }
             4 => {
-                let Some((&c, _)) = self.conns.iter().find(|(_, c)| c.state == ConnState::Open && !c.owed.is_empty() && !c.tls_pending) else { return false };
+                let Some((&c, _)) = self.conns.iter().find(|(_, c)| {
+                    c.state == ConnState::Open && !c.owed.is_empty() && !c.tls_pending
+                }) else {
+                    return false;
+                };
                 self.deliver(c, 0);
             }
             _ => {
-                let Some((&p, _)) = self.posts.iter().next() else { return false };
-                self.input(Input::WebhookResult { post: p, result: Ok(200), duration_ms: 5 });
+                let Some((&p, _)) = self.posts.iter().next() else {
+                    return false;
+                };
+                self.input(Input::WebhookResult {
+                    post: p,
+                    result: Ok(200),
+                    duration_ms: 5,
+                });
             }
         }
         true
     }
 
     fn connected(&mut self, c: ConnId) {
-        let greeting = self.profile(c).map(|p| table(GREETING, p.greeting)).unwrap_or_default();
+        let greeting = self
+            .profile(c)
+            .map(|p| table(GREETING, p.greeting))
+            .unwrap_or_default();
         if let Some(m) = self.conns.get_mut(&c) {
             m.state = ConnState::Open;
         }
@@ -764,7 +1017,10 @@ impl World {
         if let Some(m) = self.conns.get_mut(&c) {
             m.state = ConnState::Dead;
         }
-        self.input(Input::ConnectFailed { conn: c, error: "connection refused".into() });
+        self.input(Input::ConnectFailed {
+            conn: c,
+            error: "connection refused".into(),
+        });
     }
 
     fn tls(&mut self, c: ConnId, kind: u8) {
@@ -773,29 +1029,47 @@ impl World {
             m.owed.clear();
         }
         match kind % 4 {
-            0 | 1 => self.input(Input::TlsEstablished { conn: c, verified: kind % 4 == 0 }),
+            0 | 1 => self.input(Input::TlsEstablished {
+                conn: c,
+                verified: kind % 4 == 0,
+            }),
             2 => {
                 if let Some(m) = self.conns.get_mut(&c) {
                     m.state = ConnState::Dead;
                 }
-                self.input(Input::TlsFailed { conn: c, error: "handshake failure\r\n\x1b".into() });
+                self.input(Input::TlsFailed {
+                    conn: c,
+                    error: "handshake failure\r\n\x1b".into(),
+                });
             }
-            _ => self.input(Input::TlsEstablished { conn: c, verified: false }),
+            _ => self.input(Input::TlsEstablished {
+                conn: c,
+                verified: false,
+            }),
         }
     }
 
     fn deliver(&mut self, c: ConnId, split: u8) {
-        let Some(m) = self.conns.get_mut(&c) else { return };
+        let Some(m) = self.conns.get_mut(&c) else {
+            return;
+        };
         let owed = std::mem::take(&mut m.owed);
         if owed.is_empty() {
             return;
         }
-        let cut = if split == 0 { owed.len() } else { (usize::from(split) % owed.len()).max(1) };
+        let cut = if split == 0 {
+            owed.len()
+        } else {
+            (usize::from(split) % owed.len()).max(1)
+        };
         let (a, b) = owed.split_at(cut);
         if let Some(m) = self.conns.get_mut(&c) {
             m.owed = b.to_vec();
         }
-        self.input(Input::Received { conn: c, bytes: a.to_vec() });
+        self.input(Input::Received {
+            conn: c,
+            bytes: a.to_vec(),
+        });
     }
 
     fn tick_to(&mut self, t: Time) {
@@ -817,12 +1091,29 @@ impl World {
     fn submit(&mut self, s: &Sub) {
         let request = self.req_id();
         self.requests.insert(request, Req::default());
-        let addr = |(l, d): (u8, u8)| format!("{}@{}", LOCALS[usize::from(l) % LOCALS.len()], DOMAINS[usize::from(d) % DOMAINS.len()]);
-        let (tenant, tdom) = if s.other_tenant { (TenantId(2), "other.test") } else { (TenantId(1), "sender.test") };
-        let from = ["news@sender.test", "News <news@sender.test>", "x@other.test", "bad@@"][usize::from(s.from) % 4].to_string();
+        let addr = |(l, d): (u8, u8)| {
+            format!(
+                "{}@{}",
+                LOCALS[usize::from(l) % LOCALS.len()],
+                DOMAINS[usize::from(d) % DOMAINS.len()]
+            )
+        };
+        let (tenant, tdom) = if s.other_tenant {
+            (TenantId(2), "other.test")
+        } else {
+            (TenantId(1), "sender.test")
+        };
+        let from = [
+            "news@sender.test",
+            "News <news@sender.test>",
+            "x@other.test",
+            "bad@@",
+        ][usize::from(s.from) % 4]
+            .to_string();
         let mut to: Vec<String> = s.to.iter().take(6).map(|&a| addr(a)).collect();
         let mut subject = "hello".to_string();
-        let mut text = ["hi\r\n.dot\r\n", "", "é 8-bit", "line\n.\nend"][usize::from(s.body) % 4].to_string();
+        let mut text =
+            ["hi\r\n.dot\r\n", "", "é 8-bit", "line\n.\nend"][usize::from(s.body) % 4].to_string();
         let mut headers = BTreeMap::new();
         let mut from = from;
         if let Some((field, g)) = &s.garbage {
@@ -837,9 +1128,18 @@ impl World {
             }
         }
         let content = if s.raw {
-            let mut data = format!("From: {from}\r\nTo: {}\r\nSubject: {subject}\r\n\r\n", to.join(", ")).into_bytes();
+            let mut data = format!(
+                "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\n\r\n",
+                to.join(", ")
+            )
+            .into_bytes();
             data.extend_from_slice(text.as_bytes());
-            SubmissionContent::Raw { mail_from: from.clone(), rcpt_to: to, data, smtputf8: s.body % 2 == 1 }
+            SubmissionContent::Raw {
+                mail_from: from.clone(),
+                rcpt_to: to,
+                data,
+                smtputf8: s.body % 2 == 1,
+            }
         } else {
             SubmissionContent::Compose(ComposeRequest {
                 from,
@@ -864,7 +1164,12 @@ impl World {
     }
 
     fn conn_pick(&self, p: u8, state: Option<ConnState>) -> Option<ConnId> {
-        let ids: Vec<ConnId> = self.conns.iter().filter(|(_, c)| state.is_none_or(|s| c.state == s)).map(|(id, _)| *id).collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| state.is_none_or(|s| c.state == s))
+            .map(|(id, _)| *id)
+            .collect();
         pick(&ids, p)
     }
 
@@ -872,35 +1177,87 @@ impl World {
         let request = self.req_id();
         self.admin.insert(request, false);
         let tenant = |other: bool| if other { TenantId(2) } else { TenantId(1) };
-        let addr = |(l, d): (u8, u8)| format!("{}@{}", LOCALS[usize::from(l) % LOCALS.len()], DOMAINS[usize::from(d) % DOMAINS.len()]);
-        let msg = |w: &World, p: u8| pick(&w.accepted_messages, p).unwrap_or(MessageId(u128::from(p)));
+        let addr = |(l, d): (u8, u8)| {
+            format!(
+                "{}@{}",
+                LOCALS[usize::from(l) % LOCALS.len()],
+                DOMAINS[usize::from(d) % DOMAINS.len()]
+            )
+        };
+        let msg =
+            |w: &World, p: u8| pick(&w.accepted_messages, p).unwrap_or(MessageId(u128::from(p)));
         let command = match *op {
             AdminOp::Force { dom, open } => AdminCommand::ForceBreaker {
-                domain: [ASCII[0], ASCII[1], ASCII[2], ASCII[3], "B.TEST.", " "][usize::from(dom) % 6].to_string(),
-                state: if open { ForcedBreakerState::Open } else { ForcedBreakerState::Closed },
+                domain: [ASCII[0], ASCII[1], ASCII[2], ASCII[3], "B.TEST.", " "]
+                    [usize::from(dom) % 6]
+                    .to_string(),
+                state: if open {
+                    ForcedBreakerState::Open
+                } else {
+                    ForcedBreakerState::Closed
+                },
             },
-            AdminOp::RetryNow { pick: p, admin } => AdminCommand::RetryNow { tenant: (!admin).then_some(TenantId(1)), message: msg(self, p) },
-            AdminOp::Cancel { pick: p, admin } => AdminCommand::Cancel { tenant: (!admin).then_some(TenantId(1)), message: msg(self, p) },
-            AdminOp::AddSupp { other_tenant, rcpt } => AdminCommand::AddSuppression { tenant: tenant(other_tenant), address: addr(rcpt), reason: "manual\r\n".into() },
-            AdminOp::RemoveSupp { other_tenant, rcpt } => AdminCommand::RemoveSuppression { tenant: tenant(other_tenant), address: addr(rcpt) },
-            AdminOp::CreateEndpoint { other_tenant, url, events } => AdminCommand::CreateEndpoint {
+            AdminOp::RetryNow { pick: p, admin } => AdminCommand::RetryNow {
+                tenant: (!admin).then_some(TenantId(1)),
+                message: msg(self, p),
+            },
+            AdminOp::Cancel { pick: p, admin } => AdminCommand::Cancel {
+                tenant: (!admin).then_some(TenantId(1)),
+                message: msg(self, p),
+            },
+            AdminOp::AddSupp { other_tenant, rcpt } => AdminCommand::AddSuppression {
                 tenant: tenant(other_tenant),
-                url: ["https://hooks.example.net/x", "http://10.0.0.1/x", "ftp://x", "https://h.example.com:8443/p?q=1"][usize::from(url) % 4].into(),
-                events: EventKind::ALL.iter().enumerate().filter(|(i, _)| events & (1 << i) != 0).map(|(_, k)| *k).collect(),
+                address: addr(rcpt),
+                reason: "manual\r\n".into(),
+            },
+            AdminOp::RemoveSupp { other_tenant, rcpt } => AdminCommand::RemoveSuppression {
+                tenant: tenant(other_tenant),
+                address: addr(rcpt),
+            },
+            AdminOp::CreateEndpoint {
+                other_tenant,
+                url,
+                events,
+            } => AdminCommand::CreateEndpoint {
+                tenant: tenant(other_tenant),
+                url: [
+                    "https://hooks.example.net/x",
+                    "http://10.0.0.1/x",
+                    "ftp://x",
+                    "https://h.example.com:8443/p?q=1",
+                ][usize::from(url) % 4]
+                    .into(),
+                events: EventKind::ALL
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| events & (1 << i) != 0)
+                    .map(|(_, k)| *k)
+                    .collect(),
                 secret: vec![7; 32],
             },
             AdminOp::DeleteEndpoint { pick: p } => {
                 let (t, e) = pick(&self.endpoints, p).unwrap_or((TenantId(1), EndpointId(1)));
-                AdminCommand::DeleteEndpoint { tenant: t, endpoint: e }
+                AdminCommand::DeleteEndpoint {
+                    tenant: t,
+                    endpoint: e,
+                }
             }
             AdminOp::Rotate { pick: p } => {
                 let (t, e) = pick(&self.endpoints, p).unwrap_or((TenantId(1), EndpointId(1)));
-                AdminCommand::RotateSecret { tenant: t, endpoint: e, secret: vec![9; 32] }
+                AdminCommand::RotateSecret {
+                    tenant: t,
+                    endpoint: e,
+                    secret: vec![9; 32],
+                }
             }
             AdminOp::RetryDelivery { pick: p, event } => {
                 let (t, e) = pick(&self.endpoints, p).unwrap_or((TenantId(1), EndpointId(1)));
                 let ev = pick(&self.acked_events, event).unwrap_or(EventId(1));
-                AdminCommand::RetryWebhookDelivery { tenant: t, endpoint: e, event: ev }
+                AdminCommand::RetryWebhookDelivery {
+                    tenant: t,
+                    endpoint: e,
+                    event: ev,
+                }
             }
         };
         self.input(Input::Admin { request, command });
@@ -913,7 +1270,11 @@ impl World {
             Op::Dns { pick: p, answer } => {
                 let qs: Vec<QueryId> = self.queries.keys().copied().collect();
                 let Some(q) = pick(&qs, *p) else { return };
-                let name = self.queries.get(&q).map(|q| q.0.clone()).unwrap_or_default();
+                let name = self
+                    .queries
+                    .get(&q)
+                    .map(|q| q.0.clone())
+                    .unwrap_or_default();
                 let result = match answer {
                     DnsChoice::Mx(v) => {
                         let hosts: Vec<(u16, String)> = v
@@ -934,7 +1295,9 @@ impl World {
                         self.note_hosts(&name, &hosts);
                         Ok(DnsAnswer::Mx(hosts))
                     }
-                    DnsChoice::Addr(v) => Ok(DnsAnswer::Address(v.iter().take(4).map(|&n| ip(usize::from(n))).collect())),
+                    DnsChoice::Addr(v) => Ok(DnsAnswer::Address(
+                        v.iter().take(4).map(|&n| ip(usize::from(n))).collect(),
+                    )),
                     DnsChoice::Err(e) => Err(match e % 5 {
                         0 => DnsError::NxDomain,
                         1 => DnsError::NoRecords,
@@ -949,7 +1312,9 @@ impl World {
                 self.input(Input::Resolved { query: q, result });
             }
             Op::Connect { pick: p, ok } => {
-                let Some(c) = self.conn_pick(*p, Some(ConnState::Connecting)) else { return };
+                let Some(c) = self.conn_pick(*p, Some(ConnState::Connecting)) else {
+                    return;
+                };
                 if *ok {
                     self.connected(c);
                 } else {
@@ -963,7 +1328,10 @@ impl World {
             }
             Op::Garbage { pick: p, bytes } => {
                 if let Some(c) = self.conn_pick(*p, None) {
-                    self.input(Input::Received { conn: c, bytes: bytes.clone() });
+                    self.input(Input::Received {
+                        conn: c,
+                        bytes: bytes.clone(),
+                    });
                 }
             }
             Op::Canned { pick: p, idx } => {
@@ -995,7 +1363,10 @@ impl World {
             Op::Fail(p) => {
                 let bs: Vec<BatchId> = self.batches.keys().copied().collect();
                 if let Some(b) = pick(&bs, *p) {
-                    self.input(Input::PersistFailed { batch: b, error: "disk full\n".into() });
+                    self.input(Input::PersistFailed {
+                        batch: b,
+                        error: "disk full\n".into(),
+                    });
                 }
             }
             Op::AckAll => {
@@ -1007,11 +1378,18 @@ impl World {
             Op::Bogus { id, ack } => {
                 // Already acknowledged batches (duplicates) or ids never emitted.
                 let acked: Vec<BatchId> = self.acked.iter().copied().collect();
-                let batch = if id % 2 == 0 && !acked.is_empty() { acked[usize::from(*id / 2) % acked.len()] } else { BatchId(10_000 + u64::from(*id)) };
+                let batch = if id % 2 == 0 && !acked.is_empty() {
+                    acked[usize::from(*id / 2) % acked.len()]
+                } else {
+                    BatchId(10_000 + u64::from(*id))
+                };
                 if *ack {
                     self.input(Input::Persisted { batch });
                 } else {
-                    self.input(Input::PersistFailed { batch, error: "late".into() });
+                    self.input(Input::PersistFailed {
+                        batch,
+                        error: "late".into(),
+                    });
                 }
             }
             Op::Webhook { pick: p, status } => {
@@ -1024,7 +1402,11 @@ impl World {
                     3 => Ok(u16::from(*status)),
                     _ => Err("timeout".into()),
                 };
-                self.input(Input::WebhookResult { post, result, duration_ms: u64::from(*status) });
+                self.input(Input::WebhookResult {
+                    post,
+                    result,
+                    duration_ms: u64::from(*status),
+                });
             }
             Op::Admin(a) => self.admin(a),
             Op::Tick(t) => {
@@ -1047,21 +1429,43 @@ impl World {
                 let t = self.now.plus(jump);
                 self.tick_to(t);
             }
-            Op::Scan { files_ok, live_ok, stray } => {
+            Op::Scan {
+                files_ok,
+                live_ok,
+                stray,
+            } => {
                 if !self.scan_pending && !stray {
                     return;
                 }
                 let old = self.now.minus(self.max_age + HOUR);
-                let mut files: Vec<SpoolFile> = self.stored_messages.iter().map(|&m| SpoolFile { message: m, modified: old }).collect();
-                files.push(SpoolFile { message: MessageId(i as u128 + 1), modified: old });
+                let mut files: Vec<SpoolFile> = self
+                    .stored_messages
+                    .iter()
+                    .map(|&m| SpoolFile {
+                        message: m,
+                        modified: old,
+                    })
+                    .collect();
+                files.push(SpoolFile {
+                    message: MessageId(i as u128 + 1),
+                    modified: old,
+                });
                 let live: Vec<MessageId> = self
                     .stored_messages
                     .iter()
                     .copied()
-                    .filter(|m| self.store.range((*m, 0)..=(*m, u32::MAX)).any(|(_, (s, _))| !s.is_terminal()))
+                    .filter(|m| {
+                        self.store
+                            .range((*m, 0)..=(*m, u32::MAX))
+                            .any(|(_, (s, _))| !s.is_terminal())
+                    })
                     .collect();
                 self.input(Input::SpoolScanned {
-                    files: if *files_ok { Ok(files) } else { Err("io".into()) },
+                    files: if *files_ok {
+                        Ok(files)
+                    } else {
+                        Err("io".into())
+                    },
                     live: if *live_ok { Ok(live) } else { Err("db".into()) },
                 });
             }
@@ -1087,7 +1491,11 @@ impl World {
             if self.now >= deadline {
                 break;
             }
-            let next = self.engine.poll_timeout().unwrap_or(deadline).max(self.now.plus(10 * MIN));
+            let next = self
+                .engine
+                .poll_timeout()
+                .unwrap_or(deadline)
+                .max(self.now.plus(10 * MIN));
             self.tick_to(next.min(deadline));
         }
         if steps >= 2_000 || self.engine.unpersisted_batches() > 0 {

@@ -42,7 +42,12 @@ const ADDRS: &[&str] = &[
     "@example.org",
     "",
 ];
-const DOMAINS: &[&str] = &["example.com", "bücher.example", "EXAMPLE.com", "xn--bcher-kva.example"];
+const DOMAINS: &[&str] = &[
+    "example.com",
+    "bücher.example",
+    "EXAMPLE.com",
+    "xn--bcher-kva.example",
+];
 
 #[derive(Arbitrary, Debug)]
 enum Addr {
@@ -86,7 +91,10 @@ fn limits(b: u8) -> IntakeLimits {
 }
 
 fn no_controls(s: &str, what: &str, e: &SubmitError) {
-    assert!(!s.chars().any(char::is_control), "control character in error {what}: {e:?}");
+    assert!(
+        !s.chars().any(char::is_control),
+        "control character in error {what}: {e:?}"
+    );
 }
 
 fn lines(wire: &[u8]) -> Vec<&[u8]> {
@@ -118,7 +126,10 @@ fn check_ok(p: &PreparedMessage, limits: &IntakeLimits) {
             _ => {}
         }
     }
-    assert!(spool.is_empty() || spool.ends_with(b"\r\n"), "the spool ends with CRLF");
+    assert!(
+        spool.is_empty() || spool.ends_with(b"\r\n"),
+        "the spool ends with CRLF"
+    );
     // Dot-stuffed: a line starting with '.' has its dot doubled, and no line is the
     // terminator.
     let plain = unstuff(spool);
@@ -128,10 +139,17 @@ fn check_ok(p: &PreparedMessage, limits: &IntakeLimits) {
         if line.first() == Some(&b'.') {
             assert!(line.starts_with(b".."), "unstuffed dot line");
         }
-        let counted = if line.first() == Some(&b'.') { line.len() - 1 } else { line.len() };
+        let counted = if line.first() == Some(&b'.') {
+            line.len() - 1
+        } else {
+            line.len()
+        };
         assert!(counted <= 998, "line of {counted} octets");
     }
-    assert!(plain.len() as u64 <= limits.max_message_size, "over the size limit");
+    assert!(
+        plain.len() as u64 <= limits.max_message_size,
+        "over the size limit"
+    );
     // Headers: Message-ID present, no Bcc.
     let mut saw_mid = false;
     for line in lines(&plain) {
@@ -156,7 +174,11 @@ fn check_ok(p: &PreparedMessage, limits: &IntakeLimits) {
     assert!(!p.message_id_header.contains(['\r', '\n']));
     // Envelope.
     assert!(!p.recipients.is_empty() && p.recipients.len() <= limits.max_recipients);
-    assert!(is_safe_address(&p.mail_from), "unsafe MAIL FROM {:?}", p.mail_from);
+    assert!(
+        is_safe_address(&p.mail_from),
+        "unsafe MAIL FROM {:?}",
+        p.mail_from
+    );
     let mut keys = BTreeSet::new();
     for r in &p.recipients {
         let env = r.address.envelope();
@@ -167,10 +189,19 @@ fn check_ok(p: &PreparedMessage, limits: &IntakeLimits) {
         // writable.
         let known_quoted = r.address.local.starts_with('"')
             && !r.address.local.bytes().any(|b| b < b' ' || b == 0x7f);
-        assert!(is_safe_address(&env) || known_quoted, "unsafe RCPT TO {env:?}");
-        assert!(keys.insert(r.address.suppression_key()), "duplicate recipient {env:?}");
+        assert!(
+            is_safe_address(&env) || known_quoted,
+            "unsafe RCPT TO {env:?}"
+        );
+        assert!(
+            keys.insert(r.address.suppression_key()),
+            "duplicate recipient {env:?}"
+        );
         assert!(r.address.ascii_domain.is_ascii());
-        assert_eq!(r.address.ascii_domain, r.address.ascii_domain.to_ascii_lowercase());
+        assert_eq!(
+            r.address.ascii_domain,
+            r.address.ascii_domain.to_ascii_lowercase()
+        );
         if !r.address.local.is_ascii() {
             assert!(p.smtputf8, "non-ASCII local part without SMTPUTF8");
         }
@@ -203,7 +234,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let limits = limits(*knobs);
     let tenant_domain = DOMAINS[usize::from(knobs >> 4) % DOMAINS.len()].to_lowercase();
-    let source = if knobs & 0x08 != 0 { Source::Smtp } else { Source::Api };
+    let source = if knobs & 0x08 != 0 {
+        Source::Smtp
+    } else {
+        Source::Api
+    };
     let content = match mode % 3 {
         0 => {
             let mut u = Unstructured::new(rest);
@@ -224,8 +259,13 @@ fuzz_target!(|data: &[u8]| {
             })
         }
         1 => {
-            let from = ["<bounce@example.com>", "app@example.com", "<>", "x@other.test", "b@bücher.example"]
-                [usize::from(mode / 3) % 5];
+            let from = [
+                "<bounce@example.com>",
+                "app@example.com",
+                "<>",
+                "x@other.test",
+                "b@bücher.example",
+            ][usize::from(mode / 3) % 5];
             let rcpts: Vec<String> = [
                 "a@example.org",
                 "<B@Example.org>",

@@ -193,8 +193,15 @@ impl Harness {
                 }
             }
         }
-        assert_eq!(self.closed, self.s.is_finished(), "Close action iff finished");
-        assert_eq!(self.closed, self.finished_event, "Close comes with Failed/Closed");
+        assert_eq!(
+            self.closed,
+            self.s.is_finished(),
+            "Close action iff finished"
+        );
+        assert_eq!(
+            self.closed, self.finished_event,
+            "Close comes with Failed/Closed"
+        );
         assert!(self.s.buffered_len() <= MAX_REPLY_BYTES + MAX_LINE_BYTES);
         if self.closed {
             assert!(self.s.deadline().is_none());
@@ -205,7 +212,10 @@ impl Harness {
         assert!(bytes.ends_with(b"\r\n"), "command without CRLF: {bytes:?}");
         for line in bytes.split_inclusive(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r\n").unwrap_or_else(|| {
-                panic!("line without CRLF in a command: {:?}", String::from_utf8_lossy(bytes))
+                panic!(
+                    "line without CRLF in a command: {:?}",
+                    String::from_utf8_lossy(bytes)
+                )
             });
             assert!(!line.contains(&b'\r'), "bare CR in a command");
             assert!(line.len() <= 1000, "command line too long");
@@ -243,7 +253,8 @@ impl Harness {
 }
 
 fuzz_target!(|input: In| {
-    let tls = [TlsMode::Opportunistic, TlsMode::Required, TlsMode::Disabled][usize::from(input.tls) % 3];
+    let tls =
+        [TlsMode::Opportunistic, TlsMode::Required, TlsMode::Disabled][usize::from(input.tls) % 3];
     let mut h = Harness {
         s: ClientSession::new(SessionConfig {
             ehlo_name: input.ehlo_name.clone(),

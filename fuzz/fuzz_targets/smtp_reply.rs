@@ -34,7 +34,10 @@ fn frame(chunks: &[&[u8]]) -> (Vec<(u16, Vec<u8>)>, bool) {
                 Err(e) => {
                     assert!(input.is_empty(), "an error must consume the input");
                     assert_eq!(reader.buffered(), 0, "an error must empty the reader");
-                    assert!(!e.0.chars().any(char::is_control), "control char in error {e:?}");
+                    assert!(
+                        !e.0.chars().any(char::is_control),
+                        "control char in error {e:?}"
+                    );
                     return (out, true);
                 }
             }
@@ -59,7 +62,11 @@ fn check_raw(raw: &RawReply) {
     let mut n = 0;
     for line in raw.lines() {
         n += 1;
-        assert!(line.len() + 2 <= MAX_LINE_BYTES + 1, "line of {}", line.len());
+        assert!(
+            line.len() + 2 <= MAX_LINE_BYTES + 1,
+            "line of {}",
+            line.len()
+        );
         assert_eq!(
             &line[..3],
             raw.code.to_string().as_bytes(),
@@ -74,7 +81,11 @@ fn check_raw(raw: &RawReply) {
 fn check_reply(r: &outpost_core::smtp::Reply, code: u16) {
     assert_eq!(r.code, code);
     assert!(r.text.len() <= 1024, "text of {} bytes", r.text.len());
-    assert!(!r.text.chars().any(char::is_control), "control char in {:?}", r.text);
+    assert!(
+        !r.text.chars().any(char::is_control),
+        "control char in {:?}",
+        r.text
+    );
     assert_eq!(r.text.trim(), r.text, "text is trimmed");
     if let Some(e) = &r.enhanced {
         let parts: Vec<&str> = e.split('.').collect();
@@ -115,11 +126,18 @@ fuzz_target!(|data: &[u8]| {
     if !chunked_err && !whole_err {
         assert_eq!(chunked, whole);
     }
-    assert_eq!(chunked_err, whole_err, "chunking changed whether the stream is valid");
+    assert_eq!(
+        chunked_err, whole_err,
+        "chunking changed whether the stream is valid"
+    );
 
     match parse_reply(stream) {
         Ok(r) => {
-            assert_eq!(whole.len(), 1, "parse_reply accepted what the reader did not frame as one reply");
+            assert_eq!(
+                whole.len(),
+                1,
+                "parse_reply accepted what the reader did not frame as one reply"
+            );
             check_reply(&r, whole[0].0);
         }
         Err(e) => assert!(!e.0.chars().any(char::is_control)),
