@@ -85,6 +85,18 @@ impl Engine {
                 endpoint,
                 event,
             } => self.webhooks.retry_delivery(tenant, endpoint, event, now),
+            AdminCommand::ReplayWebhookDelivery {
+                tenant,
+                endpoint,
+                event,
+                attempts,
+            } => self.webhooks.retry_delivery_with(
+                tenant,
+                endpoint,
+                std::sync::Arc::new(*event),
+                attempts,
+                now,
+            ),
             _ => return,
         };
         match outcome {
