@@ -674,6 +674,11 @@ impl Engine {
                         }
                         continue;
                     };
+                    // The breaker may have opened while this connection waited for DNS:
+                    // ask it again at the moment of connecting.
+                    if !self.breaker_admits(now, &domain, id) {
+                        return self.requeue_conn(now, id);
+                    }
                     let port = self.cfg.relay.as_ref().map_or(self.cfg.mx_port, |r| r.port);
                     let deadline = now.plus(self.cfg.timeouts.connect);
                     if let Some(c) = self.conns.get_mut(&id) {
@@ -693,6 +698,50 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether the connection may connect now: the breaker is closed, or half-open and
+    /// this connection is its probe.
+    fn breaker_admits(&self, now: Time, domain: &str, id: ConnId) -> bool {
+        let probe = self.conns.get(&id).is_some_and(|c| c.probe);
+        match self.dests.get(domain).map(|d| d.breaker.state(now)) {
+            Some(BreakerState::Closed) | None => true,
+            Some(BreakerState::HalfOpen) => probe,
+            Some(BreakerState::Open) => false,
+        }
+    }
+
+    /// Drops a connection that never connected and puts its recipients back in the ready
+    /// queue as they were: no attempt was made, so none is counted or recorded.
+    fn requeue_conn(&mut self, _now: Time, id: ConnId) {
+        let Some(c) = self.remove_conn(id) else {
+            return;
+        };
+        if c.probe {
+            self.dest_mut(&c.domain).breaker.cancel_probe();
+        }
+        if let Some(txn) = c.txn {
+            if let Some(m) = self.messages.get_mut(&txn.message) {
+                for &i in &txn.idxs {
+                    if let Some(r) = m.rcpts.get_mut(i as usize)
+                        && r.status == RecipientStatus::Sending
+                    {
+                        r.attempts = r.attempts.saturating_sub(1);
+                        r.status = if r.attempts == 0 {
+                            RecipientStatus::Queued
+                        } else {
+                            RecipientStatus::Deferred
+                        };
+                    }
+                }
+            }
+            self.dest_mut(&c.domain)
+                .ready
+                .entry(txn.message)
+                .or_default()
+                .extend(txn.idxs.iter().copied());
+        }
+        self.dirty.insert(c.domain);
     }
 
     /// No candidate left: the transaction fails with the last error.
@@ -743,7 +792,7 @@ impl Engine {
             Some(BreakerState::Closed) | None => true,
             Some(BreakerState::HalfOpen) => c.probe,
             Some(BreakerState::Open) => false,
-        };
+        }; // (the connection is already removed here, so `breaker_admits` cannot see it)
         if how == Failover::None || !breaker_allows || c.txn.as_ref().is_none_or(|t| t.started) {
             // Nothing to carry over: settle whatever the connection held.
             if let Some(txn) = c.txn.take() {

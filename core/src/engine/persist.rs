@@ -152,11 +152,18 @@ impl Engine {
             });
             return;
         }
+        // An admin change the engine has already applied in memory (recipient statuses,
+        // e.g. a cancel) must reach the store: it is retried like any status batch and
+        // answered once durable. Other admin changes apply only on success: refuse them.
+        let applied_in_memory = pending
+            .ops
+            .iter()
+            .any(|op| matches!(op, StoreOp::UpdateRecipient { .. }));
         let admin = pending.on_ack.iter().find_map(|a| match a {
             AckAction::Admin { request, .. } => Some(*request),
             _ => None,
         });
-        if let Some(request) = admin {
+        if let Some(request) = admin.filter(|_| !applied_in_memory) {
             self.emit(Output::AdminAnswer {
                 request,
                 result: Err(AdminError::Unavailable(crate::sanitize::cut(error, 200))),
