@@ -13,14 +13,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::channel;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use outpost_core::classify::{Category, CategoryPolicy, Outcome, parse_reply_line};
+use outpost_tests::daemon::{Daemon, fresh_dir};
 
 const ADMIN: &str = "e2e-admin-key-classify-0123456789";
 
@@ -191,42 +190,6 @@ fn expected(row: &Row) -> (&'static str, bool) {
 
 // ---- processes ----------------------------------------------------------------------
 
-/// Builds the daemon once and returns the path of its binary.
-fn outpost_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "outpost", "--bin", "outpost"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the daemon failed");
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = dir.join("outpost");
-        assert!(bin.is_file(), "no daemon binary at {}", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// A fresh data directory under the target directory (never /tmp).
-fn data_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("outpost-e2e")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("data dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// Whether Python with aiosmtpd is there.
 fn have_aiosmtpd() -> bool {
     Command::new("python3")
@@ -295,64 +258,6 @@ fn start_sink(mapping: &Path) -> Sink {
     }
 }
 
-/// The running daemon; killed on drop.
-struct Daemon {
-    child: Child,
-    http: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn start(name: &str, extra: &[&str]) -> Daemon {
-        let dir = data_dir(name);
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(outpost_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&dir)
-            .args(["--http", &http, "--hostname", "outpost.test"])
-            .args(extra)
-            .env("OUTPOST_ADMIN_KEY", ADMIN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().expect("lock").push_str(&(line + "\n"));
-            }
-        });
-        let d = Daemon { child, http, log };
-        let end = Instant::now() + Duration::from_secs(60);
-        while !d.log.lock().expect("lock").contains("outpost started") {
-            assert!(
-                Instant::now() < end,
-                "the daemon did not start:\n{}",
-                d.log.lock().expect("lock")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.http, path)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// HTTP helper: (status, body).
 fn http(method: &str, url: &str, bearer: &str, body: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -402,7 +307,7 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
     let rows = select(&corpus_rows());
     assert!(rows.len() >= 36, "only {} rows", rows.len());
 
-    let dir = data_dir("classify-sink");
+    let dir = fresh_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "classify");
     let mapping: BTreeMap<String, serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -420,7 +325,7 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
     .expect("write the mapping");
     let sink = start_sink(&mapping_path);
     let relay = format!("127.0.0.1:{}", sink.port);
-    let d = Daemon::start("classify", &["--relay", &relay]);
+    let d = Daemon::start(&dir.join("data"), &["--relay", &relay], ADMIN);
 
     let (status, body) = http(
         "POST",
@@ -472,7 +377,7 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
                     .filter(|i| !done.contains_key(i))
                     .map(|i| rows[i].line)
                     .collect::<Vec<_>>(),
-                d.log.lock().expect("lock")
+                d.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -536,10 +441,10 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
     let mut got_suppressed = BTreeSet::new();
     for s in list["data"].as_array().expect("data") {
         let address = s["address"].as_str().unwrap_or("?").to_string();
-        if let Some(r) = rows.iter().find(|r| r.to() == address) {
-            if s["category"] != r.category.as_str() || s["source"] != "bounce" {
-                failures.push(format!("line {}: suppression record {s}", r.line));
-            }
+        if let Some(r) = rows.iter().find(|r| r.to() == address)
+            && (s["category"] != r.category.as_str() || s["source"] != "bounce")
+        {
+            failures.push(format!("line {}: suppression record {s}", r.line));
         }
         got_suppressed.insert(address);
     }
