@@ -70,7 +70,16 @@ pub struct Key {
     /// RSA modulus size (0 for Ed25519).
     pub bits: usize,
     pub created_at: SystemTime,
-    pub(crate) private: DkimKey,
+    pub(crate) private: Private,
+}
+
+/// The signing half. RSA signs with ring when it can: the pure-Rust `rsa` crate is about
+/// 15 times slower than ring/OpenSSL (4 ms against 0.25 ms per 2048-bit signature on the
+/// loaded test machine) and signing runs on the engine's thread. ring refuses RSA keys
+/// under 2048 bits; those (imported) keys sign with mail-auth's `rsa`.
+pub(crate) enum Private {
+    RingRsa(ring::signature::RsaKeyPair),
+    MailAuth(DkimKey),
 }
 
 impl std::fmt::Debug for Key {
@@ -470,14 +479,23 @@ fn key_from_der(selector: &str, alg: Alg, der: &[u8]) -> Result<Key, KeyError> {
                 .to_public_key()
                 .to_public_key_der()
                 .map_err(|_| KeyError::Invalid("cannot encode the RSA public key".into()))?;
-            let signer = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(der.to_vec().into()))
-                .map_err(|_| KeyError::Invalid("not a valid RSA private key".into()))?;
-            (STANDARD.encode(spki.as_bytes()), bits, DkimKey::Rsa(signer))
+            let private = match ring::signature::RsaKeyPair::from_pkcs8(der) {
+                Ok(pair) => Private::RingRsa(pair),
+                Err(_) => Private::MailAuth(DkimKey::Rsa(
+                    RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(der.to_vec().into()))
+                        .map_err(|_| KeyError::Invalid("not a valid RSA private key".into()))?,
+                )),
+            };
+            (STANDARD.encode(spki.as_bytes()), bits, private)
         }
         Alg::Ed25519 => {
             let key = Ed25519Key::from_pkcs8_der(der)
                 .map_err(|_| KeyError::Invalid("not a valid Ed25519 private key".into()))?;
-            (STANDARD.encode(key.public_key()), 0, DkimKey::Ed25519(key))
+            (
+                STANDARD.encode(key.public_key()),
+                0,
+                Private::MailAuth(DkimKey::Ed25519(key)),
+            )
         }
     };
     Ok(Key {
