@@ -2,8 +2,9 @@
 # Installs the real peers the end-to-end tests talk to. Idempotent; needs root (or sudo)
 # for apt. Debian packages: Postfix (for smtp-sink/smtp-source; the service need not run),
 # dnsmasq (MX/TXT records on a loopback port), swaks, curl. Python packages: aiosmtpd
-# (per-recipient answers, STARTTLS), standardwebhooks (verifies our webhooks), dkimpy,
-# prometheus_client (parses /metrics).
+# (per-recipient answers, STARTTLS), standardwebhooks (verifies our webhooks), dkimpy with
+# PyNaCl (verifies our DKIM signatures; PyNaCl for ed25519-sha256), prometheus_client
+# (parses /metrics).
 set -euo pipefail
 
 SUDO=""
@@ -26,8 +27,8 @@ fi
 # hold port 53 or answer for us.
 $SUDO systemctl stop dnsmasq >/dev/null 2>&1 || true
 
-PIP_PKGS=(aiosmtpd standardwebhooks dkimpy prometheus-client)
-if ! python3 -c "import aiosmtpd, standardwebhooks, dkim, prometheus_client" >/dev/null 2>&1; then
+PIP_PKGS=(aiosmtpd standardwebhooks dkimpy pynacl prometheus-client)
+if ! python3 -c "import aiosmtpd, standardwebhooks, dkim, nacl, prometheus_client" >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check "${PIP_PKGS[@]}"
 fi
 echo "test dependencies ready"

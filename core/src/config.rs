@@ -40,6 +40,8 @@ pub struct Config {
     pub category_policy: CategoryPolicy,
     /// Allow webhook URLs on private or loopback addresses (tests).
     pub allow_private_webhooks: bool,
+    /// Signs every accepted message once at intake (DKIM); `None`: nothing is signed.
+    pub signer: Option<crate::signing::Signer>,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +175,7 @@ impl Default for Config {
             classifier: Classifier::default(),
             category_policy: CategoryPolicy::default(),
             allow_private_webhooks: false,
+            signer: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod intake;
 pub mod io;
 pub mod model;
 pub mod sanitize;
+pub mod signing;
 pub mod smtp;
 pub mod status;
 pub mod time;

@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Sending domains: check the DNS records (DKIM, SPF, DMARC) via the running daemon.
+    Domains(crate::cli_domains::DomainsArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -69,6 +71,9 @@ pub struct ServeArgs {
     pub shutdown_deadline: Duration,
     #[arg(long, env = "OUTPOST_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// A public address outpost sends from (repeatable), for the suggested SPF record.
+    #[arg(long = "public-ip", env = "OUTPOST_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Vec<std::net::IpAddr>,
 }
 
 /// A setting that cannot work, named.
@@ -99,6 +104,10 @@ pub struct Settings {
     pub shutdown_deadline: Duration,
     pub admin_key: Option<String>,
     pub log_format: LogFormat,
+    /// `[dkim]` (signing per sending domain).
+    pub dkim: crate::dkim::settings::DkimSettings,
+    /// `--public-ip` / `public_ips`: for the suggested SPF record.
+    pub public_ips: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -106,11 +115,26 @@ impl Settings {
     /// (`OUTPOST_ADMIN_KEY`). Flags override the file.
     pub fn build(args: &ServeArgs, admin_key: Option<String>) -> Result<Settings, SettingError> {
         let mut engine = Config::default();
+        let mut dkim = crate::dkim::settings::DkimSettings::default();
+        let mut public_ips = Vec::new();
         if let Some(path) = &args.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
-            let file = parse_file(&text)?;
+            let mut file = parse_file(&text)?;
+            if let Some(d) = file.dkim.take() {
+                dkim = d.into_settings().map_err(|(s, r)| bad(&s, r))?;
+            }
+            public_ips = file.public_ips.take().unwrap_or_default();
             file.apply(&mut engine)?;
+        }
+        if !args.public_ip.is_empty() {
+            public_ips = args.public_ip.clone();
+        }
+        if public_ips.iter().any(|ip| ip.is_unspecified()) {
+            return Err(bad(
+                "public-ip",
+                "0.0.0.0 / :: is not an address mail is sent from",
+            ));
         }
         if let Some(h) = &args.hostname {
             engine.hostname = h.clone();
@@ -155,6 +179,8 @@ impl Settings {
             shutdown_deadline: args.shutdown_deadline,
             admin_key,
             log_format: args.log_format,
+            dkim,
+            public_ips,
         })
     }
 }
@@ -254,6 +280,9 @@ struct FileConfig {
     webhooks: Option<FileWebhooks>,
     #[serde(default)]
     domains: BTreeMap<String, FileDomain>,
+    dkim: Option<crate::dkim::settings::FileDkim>,
+    /// Public addresses outpost sends from (the `--public-ip` flag overrides).
+    public_ips: Option<Vec<std::net::IpAddr>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +465,7 @@ mod tests {
         v.extend_from_slice(extra);
         match Cli::try_parse_from(v).expect("parse").command {
             Command::Serve(a) => a,
+            Command::Domains(_) => panic!("not serve"),
         }
     }
 

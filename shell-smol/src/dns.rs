@@ -259,6 +259,36 @@ impl Dns {
     }
 }
 
+impl Dns {
+    /// TXT records at `name`, each record's strings joined (RFC 6376 3.6.2.2, RFC 7208 3.3).
+    /// Used by the DKIM/SPF/DMARC checks.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        let lookup = self
+            .resolver
+            .lookup(fqdn.as_str(), RecordType::TXT)
+            .await
+            .map_err(map_error)?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
 fn map_error(e: NetError) -> DnsError {
     use hickory_resolver::net::DnsError as HDnsError;
     if e.is_nx_domain() {

@@ -3,7 +3,10 @@
 // Parts of the API are used only by its tests.
 #[allow(dead_code)]
 mod api;
+#[path = "cli/domains.rs"]
+mod cli_domains;
 mod config;
+mod dkim;
 mod dns;
 mod gateway;
 mod runtime;
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Domains(args) => cli_domains::run(&args),
     }
 }
 
@@ -89,7 +93,19 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let engine = Engine::new(settings.engine.clone(), seed());
+    // DKIM keys load before anything is accepted: the signer is part of the engine's config.
+    let domains = match dkim::Domains::open(
+        &settings.data_dir,
+        settings.dkim.clone(),
+        settings.dns,
+        settings.public_ips.clone(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return config_error("dkim", e),
+    };
+    let mut engine_config = settings.engine.clone();
+    engine_config.signer = Some(domains.signer());
+    let engine = Engine::new(engine_config, seed());
     let deps = Deps {
         store: store.clone(),
         data_dir: settings.data_dir.clone(),
@@ -136,6 +152,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let api_settings = api::ApiSettings {
         allow_private_webhooks: settings.allow_private_webhooks,
         metrics: Some(std::sync::Arc::new(move || metrics_gw.metrics())),
+        domains: Some(domains),
         ..Default::default()
     };
     let api = match api::serve(

@@ -59,7 +59,7 @@ impl Engine {
             max_message_size: self.cfg.max_message_size,
             max_recipients: self.cfg.max_recipients,
         };
-        let prepared = match validate::prepare(&sub, id, now, &limits) {
+        let mut prepared = match validate::prepare(&sub, id, now, &limits) {
             Ok(p) => p,
             Err(e) => return self.reject(request, e),
         };
@@ -96,6 +96,20 @@ impl Engine {
                 }
                 None => {}
             }
+        }
+        // Signed once, here, before anything is stored or acknowledged: the spool keeps the
+        // signed bytes, so every retry sends the same message. A repeated Idempotency-Key
+        // answered above is not signed again. A failure refuses the submission (nothing
+        // stored) rather than letting unsigned mail out.
+        if let Some(signer) = &self.cfg.signer {
+            match crate::signing::sign_spool(&*signer.0, &sub.tenant_domain, &prepared.spool) {
+                Ok(Some(signed)) => prepared.spool = signed,
+                Ok(None) => {}
+                Err(e) => return self.reject(request, e),
+            }
+        }
+        if let Some(key) = &sub.idempotency_key {
+            let slot = (tenant, key.clone());
             self.idempotency.insert(
                 slot,
                 IdempotencyState::InFlight {

@@ -1351,3 +1351,117 @@ fn a_failed_delivery_is_replayable_after_a_restart() {
     assert_eq!(persisted_attempts, Some(41));
     assert_eq!(posted_id, Some(event.id.to_string()));
 }
+
+/// A signer that prepends a fixed header (and counts calls), or fails.
+struct FakeSigner {
+    fail: bool,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl crate::signing::MessageSigner for FakeSigner {
+    fn sign(&self, domain: &str, message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.fail {
+            return Err("key unreadable".into());
+        }
+        // Sees the message as a recipient will: un-stuffed.
+        assert!(
+            contains(message, b"\r\n.leading dot"),
+            "the signer must get the un-stuffed message"
+        );
+        Ok(Some(
+            format!("DKIM-Signature: v=1; d={domain};\r\n\tb=fake\r\n").into_bytes(),
+        ))
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn signing_world(fail: bool) -> (World, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cfg = Config {
+        signer: Some(crate::signing::Signer::new(FakeSigner {
+            fail,
+            calls: calls.clone(),
+        })),
+        ..Config::default()
+    };
+    (World::with_config(cfg, 7), calls)
+}
+
+fn stored_spools(w: &World) -> Vec<(u64, Vec<u8>)> {
+    w.store
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::InsertMessage { message, spool } => Some((message.size, spool.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn messages_are_signed_once_at_intake_and_stored_signed() {
+    let (mut w, calls) = signing_world(false);
+    let req = w.submit_to(&["alice@example.org"]);
+    assert!(w.accepted.contains_key(&req), "{:#?}", w.rejected);
+    let spools = stored_spools(&w);
+    assert_eq!(spools.len(), 1);
+    let (size, spool) = &spools[0];
+    assert!(
+        spool.starts_with(b"DKIM-Signature: v=1; d=sender.test;\r\n\tb=fake\r\nDate: "),
+        "{}",
+        String::from_utf8_lossy(spool)
+    );
+    // Still the dot-stuffed wire form, and the recorded size is the signed size.
+    assert!(contains(spool, b"\r\n..leading dot"));
+    assert_eq!(*size, spool.len() as u64);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("alice@example.org"),
+        Some(RecipientStatus::Delivered)
+    );
+    // Delivery does not sign again.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_repeated_idempotency_key_is_not_signed_again() {
+    let (mut w, calls) = signing_world(false);
+    for n in 0..2 {
+        let sub = Submission {
+            request: RequestId(100 + n),
+            tenant: TenantId(1),
+            tenant_domain: "sender.test".into(),
+            source: crate::model::Source::Api,
+            idempotency_key: Some("k1".into()),
+            content: SubmissionContent::Compose(ComposeRequest {
+                from: "news@sender.test".into(),
+                to: vec!["alice@example.org".into()],
+                text: Some("hi\r\n.leading dot\r\n".into()),
+                ..ComposeRequest::default()
+            }),
+        };
+        w.input(Input::Submit(sub));
+    }
+    assert_eq!(w.accepted.len(), 2);
+    assert_eq!(stored_spools(&w).len(), 1);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_signing_failure_refuses_the_submission_and_stores_nothing() {
+    let (mut w, _) = signing_world(true);
+    let req = w.submit_to(&["alice@example.org"]);
+    let err = w.rejected.get(&req).cloned();
+    assert_eq!(
+        err.as_ref().map(|e| (e.kind, e.code.as_str())),
+        Some((crate::io::SubmitErrorKind::Unavailable, "signing_failed"))
+    );
+    assert!(w.accepted.is_empty());
+    assert!(w.store.is_empty(), "nothing may be stored: {:?}", w.store);
+    w.run_for(10 * MIN);
+    assert!(w.connects.is_empty(), "nothing may be sent unsigned");
+    assert_eq!(w.engine.pending_recipients(), 0);
+}

@@ -5,6 +5,7 @@
 //! tenant (another tenant's ids answer 404). Logs name routes and message ids, never
 //! addresses or bodies.
 
+mod domains;
 pub mod gateway;
 mod http;
 mod routes;
@@ -44,6 +45,8 @@ pub struct ApiSettings {
     pub rate_limiter: Option<RateLimiter>,
     /// `GET /metrics` (unauthenticated, like /healthz); 404 when `None`.
     pub metrics: Option<MetricsRenderer>,
+    /// DKIM keys and DNS records (`/v1/domains`); 404 when `None`.
+    pub domains: Option<Arc<crate::dkim::Domains>>,
 }
 
 impl Default for ApiSettings {
@@ -54,6 +57,7 @@ impl Default for ApiSettings {
             workers: 4,
             rate_limiter: None,
             metrics: None,
+            domains: None,
         }
     }
 }
@@ -66,6 +70,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("workers", &self.workers)
             .field("rate_limiter", &self.rate_limiter.is_some())
             .field("metrics", &self.metrics.is_some())
+            .field("domains", &self.domains.is_some())
             .finish()
     }
 }

@@ -70,6 +70,15 @@ pub(crate) fn dispatch(ctx: &Ctx, req: &mut Request) -> (&'static str, Res) {
         (Post, ["v1", "admin", "breakers", d]) => {
             ("admin.force_breaker", force_breaker(ctx, req, q, d))
         }
+        (Get, ["v1", "domains", d]) => ("domains.get", super::domains::get(ctx, req, q, d)),
+        (Post, ["v1", "domains", d, "dkim"]) => (
+            "domains.dkim.add",
+            super::domains::create_dkim(ctx, req, q, d),
+        ),
+        (Delete, ["v1", "domains", d, "dkim", sel]) => (
+            "domains.dkim.retire",
+            super::domains::retire_dkim(ctx, req, q, d, sel),
+        ),
         (_, path) if known_path(path) => (
             "method_not_allowed",
             Err(ApiError::new(
@@ -102,6 +111,9 @@ fn known_path(s: &[&str]) -> bool {
             | ["v1", "admin", "queue"]
             | ["v1", "admin", "breakers"]
             | ["v1", "admin", "breakers", _]
+            | ["v1", "domains", _]
+            | ["v1", "domains", _, "dkim"]
+            | ["v1", "domains", _, "dkim", _]
     )
 }
 

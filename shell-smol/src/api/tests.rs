@@ -227,6 +227,7 @@ fn harness() -> Harness {
         workers: 2,
         rate_limiter: None,
         metrics: Some(Arc::new(|| "outpost_up 1\n".to_string())),
+        ..ApiSettings::default()
     })
 }
 
