@@ -5,11 +5,9 @@ use crate::ids::{MessageId, RequestId, TenantId};
 use crate::intake::parse_address;
 use crate::io::{AdminCommand, AdminError, AdminReply, ForcedBreakerState, Output};
 use crate::model::{StoreOp, SuppressionRecord, SuppressionSource};
-use crate::status::RecipientStatus;
 use crate::time::Time;
 
 use super::Engine;
-use super::outcome::EventInfo;
 use super::persist::AckAction;
 
 impl Engine {
@@ -78,23 +76,7 @@ impl Engine {
         message: MessageId,
     ) -> Result<Option<AdminReply>, AdminError> {
         self.owned_message(tenant, message)?;
-        let idxs: Vec<u32> = self
-            .messages
-            .get(&message)
-            .map(|m| {
-                m.rcpts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        matches!(
-                            r.status,
-                            RecipientStatus::Queued | RecipientStatus::Deferred
-                        )
-                    })
-                    .map(|(i, _)| i as u32)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let idxs = self.waiting_recipients(message);
         for &idx in &idxs {
             self.schedule_due(message, idx, now);
         }
@@ -109,55 +91,15 @@ impl Engine {
         message: MessageId,
     ) -> Result<Option<AdminReply>, AdminError> {
         self.owned_message(tenant, message)?;
-        let idxs: Vec<(u32, String, u32)> = self
-            .messages
-            .get(&message)
-            .map(|m| {
-                m.rcpts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| {
-                        matches!(
-                            r.status,
-                            RecipientStatus::Queued | RecipientStatus::Deferred
-                        )
-                    })
-                    .map(|(i, r)| (i as u32, r.domain.clone(), r.attempts))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if idxs.is_empty() {
+        let (ops, events, n) = self.fail_waiting(
+            now,
+            message,
+            Category::Cancelled,
+            "cancelled",
+            "cancelled by an operator",
+        );
+        if n == 0 {
             return Ok(Some(AdminReply::Recipients(0)));
-        }
-        let mut ops = Vec::new();
-        let mut events = Vec::new();
-        let n = idxs.len();
-        for (idx, domain, attempts) in idxs {
-            if let Some(set) = self
-                .dests
-                .get_mut(&domain)
-                .and_then(|d| d.ready.get_mut(&message))
-            {
-                set.remove(&idx);
-            }
-            let info = EventInfo {
-                category: Some(Category::Cancelled),
-                response: Some("cancelled by an operator".into()),
-                attempt: attempts,
-                ..EventInfo::default()
-            };
-            self.stats.failed += 1;
-            self.change_status(
-                now,
-                message,
-                idx,
-                RecipientStatus::Failed,
-                None,
-                "cancelled",
-                &info,
-                &mut ops,
-                &mut events,
-            );
         }
         let done = self
             .messages

@@ -200,24 +200,58 @@ impl Engine {
     /// The message reached its max age: every pending recipient not in an attempt right
     /// now is `failed` with reason `expired` (one in an attempt is settled when it ends).
     pub(crate) fn on_expire(&mut self, now: Time, id: MessageId) {
-        let Some(m) = self.messages.get(&id) else {
-            return;
-        };
-        let victims: Vec<(u32, String, u32)> = m
-            .rcpts
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| {
-                matches!(
-                    r.status,
-                    RecipientStatus::Queued | RecipientStatus::Deferred
-                )
-            })
-            .map(|(i, r)| (i as u32, r.domain.clone(), r.attempts))
-            .collect();
+        let (ops, events, _) = self.fail_waiting(
+            now,
+            id,
+            Category::Expired,
+            "expired",
+            "expired: maximum age reached without delivery",
+        );
+        if !ops.is_empty() {
+            self.commit_changes(now, id, ops, events);
+        }
+    }
+
+    /// Recipients of the message waiting for an attempt (`queued` or `deferred`).
+    pub(crate) fn waiting_recipients(&self, id: MessageId) -> Vec<u32> {
+        self.messages.get(&id).map_or_else(Vec::new, |m| {
+            m.rcpts
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    matches!(
+                        r.status,
+                        RecipientStatus::Queued | RecipientStatus::Deferred
+                    )
+                })
+                .map(|(i, _)| i as u32)
+                .collect()
+        })
+    }
+
+    /// Fails every waiting recipient of the message (expiry, cancellation): out of its
+    /// destination's ready queue, `failed` with `reason`, one event each. Returns the ops
+    /// and events to persist, and how many recipients it failed.
+    pub(crate) fn fail_waiting(
+        &mut self,
+        now: Time,
+        id: MessageId,
+        category: Category,
+        reason: &str,
+        response: &str,
+    ) -> (Vec<StoreOp>, Vec<PersistedEvent>, usize) {
         let mut ops = Vec::new();
         let mut events = Vec::new();
-        for (idx, domain, attempts) in victims {
+        let victims = self.waiting_recipients(id);
+        for &idx in &victims {
+            let Some(r) = self
+                .messages
+                .get(&id)
+                .and_then(|m| m.rcpts.get(idx as usize))
+            else {
+                continue;
+            };
+            let (domain, attempts) = (r.domain.clone(), r.attempts);
             if let Some(d) = self.dests.get_mut(&domain)
                 && let Some(set) = d.ready.get_mut(&id)
             {
@@ -227,8 +261,8 @@ impl Engine {
                 }
             }
             let info = EventInfo {
-                category: Some(Category::Expired),
-                response: Some("expired: maximum age reached without delivery".to_string()),
+                category: Some(category),
+                response: Some(response.to_string()),
                 attempt: attempts,
                 ..EventInfo::default()
             };
@@ -239,15 +273,13 @@ impl Engine {
                 idx,
                 RecipientStatus::Failed,
                 None,
-                "expired",
+                reason,
                 &info,
                 &mut ops,
                 &mut events,
             );
         }
-        if !ops.is_empty() {
-            self.commit_changes(now, id, ops, events);
-        }
+        (ops, events, victims.len())
     }
 
     /// One status change: transition check, memory, the recipient update op and its event.
