@@ -214,7 +214,11 @@ fn run(cmd: &mut Command) -> Res<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed ({}): {text}", out.status));
+        // Postfix writes its reasons to syslog (or the maillog file) unless on a terminal.
+        return Err(format!(
+            "{cmd:?} failed ({}): {text} (for Postfix's reason, rerun it under `script -qc`)",
+            out.status
+        ));
     }
     Ok(text)
 }
@@ -249,6 +253,7 @@ default_destination_concurrency_limit = {concurrency_limit}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
 alias_maps =
 alias_database =
 biff = no
