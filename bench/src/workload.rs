@@ -97,20 +97,32 @@ pub fn run(intake: &Intake, shape: &Shape, sink: &Sink, drain_timeout: Duration)
     let failed = Arc::new(AtomicU64::new(0));
     let run_tag = std::process::id();
     let base_messages = sink.messages();
+    // Warm-up: open the client connections one at a time, each answered before the next
+    // opens, as a long-running client's pool would be. (tiny_http 0.12 hands each new
+    // connection to a thread pool whose "is a thread idle?" check races: connections
+    // opened in a burst can be queued behind keep-alive connections that never end, and
+    // their first request waits until some other connection closes. See README.)
+    let mut clients: Vec<(Option<Http>, Option<Smtp>)> = Vec::new();
+    for _ in 0..shape.concurrency.max(1) {
+        clients.push(match intake {
+            Intake::Http { addr, .. } => {
+                let mut h = Http::new(addr);
+                let _ = h.request("GET", "/healthz", None, b"");
+                (Some(h), None)
+            }
+            Intake::Smtp { addr } => (None, Smtp::connect(addr, "client.bench").ok()),
+        });
+    }
     let start = Instant::now();
     let mut threads = Vec::new();
-    for _ in 0..shape.concurrency.max(1) {
+    for (http, smtp) in clients {
         let (intake, shape) = (intake.clone(), shape.clone());
         let (next, failed) = (next.clone(), failed.clone());
         let (json_text, smtp_body) = (json_text.clone(), smtp_body.clone());
         threads.push(std::thread::spawn(move || {
             let mut sent: Vec<(String, Instant)> = Vec::new();
             let mut first_error: Option<String> = None;
-            let mut http = match &intake {
-                Intake::Http { addr, .. } => Some(Http::new(addr)),
-                Intake::Smtp { .. } => None,
-            };
-            let mut smtp: Option<Smtp> = None;
+            let (mut http, mut smtp) = (http, smtp);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= shape.messages {
