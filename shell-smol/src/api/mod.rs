@@ -39,7 +39,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Accept loopback/private webhook URLs (tests).
     pub allow_private_webhooks: bool,
-    /// HTTP worker threads. Default 4.
+    /// HTTP worker threads. Default 32: a submission holds its worker until the store
+    /// has committed it, so this bounds how many submissions share one group commit.
     pub workers: usize,
     /// Rate limiting hook (none by default).
     pub rate_limiter: Option<RateLimiter>,
@@ -54,7 +55,7 @@ impl Default for ApiSettings {
         ApiSettings {
             max_body_bytes: 10 * 1024 * 1024,
             allow_private_webhooks: false,
-            workers: 4,
+            workers: 32,
             rate_limiter: None,
             metrics: None,
             domains: None,

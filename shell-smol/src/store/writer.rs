@@ -156,18 +156,47 @@ pub(super) fn commit_group(
         })
         .collect();
 
-    // 1. Spool files, durable before the rows that name them commit.
-    for p in &mut pending {
-        write_spools(conn, data_dir, p);
+    // 1. Spool files, durable before the rows that name them commit: every file of the
+    //    group written, then all synced side by side, then named, then their directories
+    //    synced side by side (see `spool::concurrently` for why not one after the other).
+    let mut staged: Vec<(usize, spool::Staged)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, p) in pending.iter_mut().enumerate() {
+        stage_spools(conn, data_dir, p, i, &mut staged, &mut seen);
     }
-    let mut dir_result: BTreeMap<PathBuf, Result<(), String>> = BTreeMap::new();
-    for p in &pending {
-        for d in &p.dirs {
-            dir_result
-                .entry(d.clone())
-                .or_insert_with(|| spool::fsync_dir(d).map_err(|e| e.to_string()));
+    let synced = spool::concurrently(&staged, |(_, s)| s.file.sync_all());
+    for ((i, s), synced) in staged.iter().zip(synced) {
+        let Some(p) = pending.get_mut(*i) else {
+            continue;
+        };
+        if p.error.is_some() {
+            s.discard();
+            continue;
+        }
+        match synced.and_then(|()| s.publish()) {
+            Ok(()) => {
+                p.written.push(s.path.clone());
+                p.dirs.insert(s.dir.clone());
+            }
+            Err(e) => {
+                s.discard();
+                tracing::warn!(path = %s.path.display(), error = %e, "spool write failed");
+                p.fail(format!("spool write for {} failed: {e}", s.path.display()));
+            }
         }
     }
+    drop(staged);
+    let dirs: Vec<PathBuf> = pending
+        .iter()
+        .flat_map(|p| p.dirs.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let results = spool::concurrently(&dirs, |d| spool::fsync_dir(d));
+    let dir_result: BTreeMap<PathBuf, Result<(), String>> = dirs
+        .into_iter()
+        .zip(results.into_iter().map(|r| r.map_err(|e| e.to_string())))
+        .collect();
     for p in &mut pending {
         let failed = p
             .dirs
@@ -209,7 +238,15 @@ pub(super) fn commit_group(
         .collect()
 }
 
-fn write_spools(conn: &Connection, data_dir: &Path, p: &mut Pending) {
+/// Writes (unsynced, under temp names) the spool files of the batch's new messages.
+fn stage_spools(
+    conn: &Connection,
+    data_dir: &Path,
+    p: &mut Pending,
+    batch: usize,
+    staged: &mut Vec<(usize, spool::Staged)>,
+    seen: &mut BTreeSet<outpost_core::MessageId>,
+) {
     for op in &p.ops {
         let StoreOp::InsertMessage { message, spool } = op else {
             continue;
@@ -223,18 +260,20 @@ fn write_spools(conn: &Connection, data_dir: &Path, p: &mut Pending) {
             Ok(Some(())) => continue,
             Ok(None) => {}
             Err(e) => {
-                p.fail(format!("reading message {id}: {e}"));
+                p.error.get_or_insert(format!("reading message {id}: {e}"));
                 return;
             }
         }
-        match spool::write(data_dir, message.id, spool) {
-            Ok(dir) => {
-                p.written.push(spool::spool_path(data_dir, message.id));
-                p.dirs.insert(dir);
-            }
+        // The same message twice in one group (a replay): one file is enough.
+        if !seen.insert(message.id) {
+            continue;
+        }
+        match spool::stage(data_dir, message.id, spool) {
+            Ok(s) => staged.push((batch, s)),
             Err(e) => {
                 tracing::warn!(message = %message.id, error = %e, "spool write failed");
-                p.fail(format!("spool write for {id} failed: {e}"));
+                p.error
+                    .get_or_insert(format!("spool write for {id} failed: {e}"));
                 return;
             }
         }
