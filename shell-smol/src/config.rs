@@ -27,6 +27,24 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// Queue depth per destination domain, oldest message, next attempts.
+    Queue(crate::cli::queue::QueueArgs),
+    /// A message's recipients and delivery timeline.
+    Message(crate::cli::message::MessageArgs),
+    /// Circuit breakers that are not plainly closed, with why and the next probe.
+    Breakers(crate::cli::breakers::BreakersArgs),
+    /// Force a destination's circuit breaker open or closed.
+    Breaker(crate::cli::breakers::BreakerArgs),
+    /// A tenant's suppression list.
+    Suppress(crate::cli::suppress::SuppressArgs),
+    /// API keys.
+    Keys(crate::cli::keys::KeysArgs),
+    /// Make every pending recipient of a message due now.
+    Retry(crate::cli::message::MessageArgs),
+    /// Cancel a message: its pending recipients fail with reason `cancelled`.
+    Bounce(crate::cli::message::MessageArgs),
+    /// Classify an SMTP reply offline: category, matching rules, decision.
+    Classify(crate::cli::classify::ClassifyArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -154,6 +172,18 @@ impl Settings {
             log_format: args.log_format,
         })
     }
+}
+
+/// The core's settings from an optional config file alone (for offline commands such as
+/// `outpost classify`).
+pub fn engine_config(path: Option<&std::path::Path>) -> Result<Config, SettingError> {
+    let mut engine = Config::default();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+        parse_file(&text)?.apply(&mut engine)?;
+    }
+    Ok(engine)
 }
 
 fn parse_relay(s: &str) -> Result<Relay, SettingError> {
@@ -433,6 +463,7 @@ mod tests {
         v.extend_from_slice(extra);
         match Cli::try_parse_from(v).expect("parse").command {
             Command::Serve(a) => a,
+            other => panic!("not serve: {other:?}"),
         }
     }
 

@@ -3,9 +3,11 @@
 // Parts of the API are used only by its tests.
 #[allow(dead_code)]
 mod api;
+mod cli;
 mod config;
 mod dns;
 mod gateway;
+mod metrics;
 mod runtime;
 mod smtp_conn;
 // Parts of the store are used only by the API and tests.
@@ -31,6 +33,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Queue(a) => cli::run(|| cli::queue::run(&a)),
+        Command::Message(a) => cli::run(|| cli::message::show(&a)),
+        Command::Breakers(a) => cli::run(|| cli::breakers::list(&a)),
+        Command::Breaker(a) => cli::run(|| cli::breakers::force(&a)),
+        Command::Suppress(a) => cli::run(|| cli::suppress::run(&a)),
+        Command::Keys(a) => cli::run(|| cli::keys::run(&a)),
+        Command::Retry(a) => cli::run(|| cli::message::retry(&a)),
+        Command::Bounce(a) => cli::run(|| cli::message::bounce(&a)),
+        Command::Classify(a) => cli::run(|| cli::classify::run(&a)),
     }
 }
 
@@ -133,9 +144,15 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
     let gateway = std::sync::Arc::new(gateway::Gateway::new(handle.clone()));
     let metrics_gw = gateway.clone();
+    let metrics_store = store.clone();
     let api_settings = api::ApiSettings {
         allow_private_webhooks: settings.allow_private_webhooks,
-        metrics: Some(std::sync::Arc::new(move || metrics_gw.metrics())),
+        metrics: Some(std::sync::Arc::new(move || {
+            metrics_gw
+                .metrics()
+                .map(|s| metrics::render(&s, Some(&metrics_store)))
+                .unwrap_or_default()
+        })),
         ..Default::default()
     };
     let api = match api::serve(
