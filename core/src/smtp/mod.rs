@@ -1,11 +1,12 @@
-//! SMTP as bytes: reply parsing with hard limits, the client session state machine, and
-//! command writing (commands and dot-stuffing are ours; smtp-proto parses replies and
-//! EHLO capabilities).
+//! SMTP as bytes: reply parsing with hard limits, the client session state machine, the
+//! submission server session state machine, and command writing (commands and
+//! dot-stuffing are ours; smtp-proto parses replies and EHLO capabilities).
 
 pub mod capabilities;
 pub mod client;
 pub mod command;
 pub mod reply;
+pub mod server;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,7 @@ pub use client::{
     TransactionReport,
 };
 pub use reply::{RawReply, Reply, ReplyError, ReplyReader};
+pub use server::{AuthedTenant, ServerAction, ServerConfig, ServerEvent, ServerSession};
 
 /// Where in the delivery an outcome happened.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
