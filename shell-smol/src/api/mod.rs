@@ -26,9 +26,9 @@ use crate::store::Store;
 use crate::store::query::Tenant;
 use http::ApiError;
 
-/// Takes one message from the tenant's allowance: `Err(seconds)` when over the limit (HTTP
-/// 429 with `Retry-After: seconds`).
-pub type RateLimiter = Arc<dyn Fn(TenantId) -> Result<(), u64> + Send + Sync>;
+/// Takes one message from the tenant's (id, domain) allowance: `Err(seconds)` when over
+/// the limit (HTTP 429 with `Retry-After: seconds`).
+pub type RateLimiter = Arc<dyn Fn(TenantId, &str) -> Result<(), u64> + Send + Sync>;
 
 /// Renders the Prometheus text exposition for `GET /metrics`.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;

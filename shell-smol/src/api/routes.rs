@@ -157,7 +157,7 @@ pub(super) fn tenant(ctx: &Ctx, req: &Request) -> Result<Tenant, ApiError> {
 /// The tenant's message rate (limits count messages, so only submissions ask).
 fn rate_limit(ctx: &Ctx, t: &Tenant) -> Result<(), ApiError> {
     if let Some(limit) = &ctx.settings.rate_limiter
-        && let Err(retry_after) = limit(t.id)
+        && let Err(retry_after) = limit(t.id, &t.domain)
     {
         let mut e = ApiError::new(
             429,

@@ -827,7 +827,7 @@ fn events_suppressions_webhooks_and_admin() {
 #[test]
 fn rate_limit_hook_answers_429() {
     let h = harness_with(ApiSettings {
-        rate_limiter: Some(Arc::new(|_| Err(7))),
+        rate_limiter: Some(Arc::new(|_, _| Err(7))),
         ..ApiSettings::default()
     });
     let key = h.new_key("example.com");
@@ -841,4 +841,5 @@ fn rate_limit_hook_answers_429() {
         Some(r#"{"from":"a@example.com","to":["b@dest.example"],"text":"x"}"#),
     );
     assert_eq!((s, code(&v)), (429, "rate_limited"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("7 s"));
 }
