@@ -45,6 +45,8 @@ pub enum Command {
     Bounce(crate::cli::message::MessageArgs),
     /// Classify an SMTP reply offline: category, matching rules, decision.
     Classify(crate::cli::classify::ClassifyArgs),
+    /// A one-command demo: daemon, SMTP sink and webhook receiver in this process.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,7 @@
 mod api;
 mod cli;
 mod config;
+mod demo;
 mod dns;
 mod gateway;
 mod metrics;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         Command::Retry(a) => cli::run(|| cli::message::retry(&a)),
         Command::Bounce(a) => cli::run(|| cli::message::bounce(&a)),
         Command::Classify(a) => cli::run(|| cli::classify::run(&a)),
+        Command::Demo(a) => demo::run(&a),
     }
 }
 
