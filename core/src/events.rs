@@ -52,6 +52,20 @@ pub fn payload(id: EventId, seq: u64, kind: EventKind, at: Time, data: &EventDat
     serde_json::to_string(&env).unwrap_or_else(|_| format!("{{\"id\":\"{id}\",\"seq\":{seq}}}"))
 }
 
+/// The same payload with another sequence number (a retried outbox batch is renumbered).
+/// The body starts `{"id":"evt_…","seq":N,` (field order is fixed by `payload`).
+pub fn with_seq(payload: &str, seq: u64) -> String {
+    const KEY: &str = ",\"seq\":";
+    let Some(start) = payload.find(KEY).map(|i| i + KEY.len()) else {
+        return payload.to_string();
+    };
+    let digits = payload[start..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    format!("{}{seq}{}", &payload[..start], &payload[start + digits..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +95,9 @@ mod tests {
         assert_eq!(v["data"]["message_id"], MessageId(5).to_string());
         assert_eq!(v["data"]["smtp_code"], 550);
         assert!(p.starts_with("{\"id\":"));
+        let q = with_seq(&p, 12345);
+        let w: serde_json::Value = serde_json::from_str(&q).unwrap_or_default();
+        assert_eq!(w["seq"], 12345);
+        assert_eq!(w["data"], v["data"]);
     }
 }

@@ -6,7 +6,7 @@ use core::net::IpAddr;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use crate::breaker::{Admission, Breaker};
+use crate::breaker::{Admission, Breaker, BreakerState};
 use crate::classify::{Category, ReplyContext};
 use crate::ids::{ConnId, MessageId, QueryId};
 use crate::io::{DnsAnswer, DnsError, Output, QueryKind};
@@ -321,13 +321,76 @@ impl Engine {
                     }
                 }
             }
-            return Some(Txn {
+            let mut txn = Txn {
                 message,
                 idxs,
                 started_at: now,
                 started: false,
-            });
+            };
+            self.drop_suppressed(now, &mut txn);
+            if txn.idxs.is_empty() {
+                continue;
+            }
+            return Some(txn);
         }
+    }
+
+    /// Takes recipients whose address is now on the tenant's suppression list out of a
+    /// transaction that has not started: they end `suppressed` without being contacted.
+    /// (An address can be suppressed while its recipient waits: another message's hard
+    /// bounce, or an operator.)
+    fn drop_suppressed(&mut self, now: Time, txn: &mut Txn) {
+        let Some(m) = self.messages.get_mut(&txn.message) else {
+            return;
+        };
+        let tenant = m.tenant;
+        let suppressions = &self.suppressions;
+        let (keep, dropped): (Vec<u32>, Vec<u32>) = txn.idxs.iter().partition(|&&i| {
+            m.rcpts
+                .get(i as usize)
+                .is_none_or(|r| !suppressions.contains(&(tenant, r.address.to_lowercase())))
+        });
+        if dropped.is_empty() {
+            return;
+        }
+        txn.idxs = keep;
+        let mut ops = Vec::new();
+        let mut events = Vec::new();
+        for idx in dropped {
+            let Some(r) = self
+                .messages
+                .get_mut(&txn.message)
+                .and_then(|m| m.rcpts.get_mut(idx as usize))
+            else {
+                continue;
+            };
+            // `sending` was never persisted: undo it and the attempt it would have been.
+            r.attempts = r.attempts.saturating_sub(1);
+            r.status = if r.attempts == 0 {
+                RecipientStatus::Queued
+            } else {
+                RecipientStatus::Deferred
+            };
+            let info = super::outcome::EventInfo {
+                category: Some(Category::Suppressed),
+                response: Some("address is on the suppression list".to_string()),
+                attempt: r.attempts,
+                ..Default::default()
+            };
+            self.stats.suppressed += 1;
+            self.change_status(
+                now,
+                txn.message,
+                idx,
+                RecipientStatus::Suppressed,
+                None,
+                "address is on the suppression list",
+                &info,
+                &mut ops,
+                &mut events,
+            );
+        }
+        self.commit_changes(now, txn.message, ops, events);
     }
 
     fn envelope(&self, txn: &Txn) -> Option<Envelope> {
@@ -688,7 +751,15 @@ impl Engine {
             return;
         };
         let domain = c.domain.clone();
-        if how == Failover::None || c.txn.as_ref().is_none_or(|t| t.started) {
+        // Every new connection asks the breaker, fail-overs included: once the
+        // destination's breaker is open (or half-open with its probe elsewhere), the
+        // attempt stops here and is deferred.
+        let breaker_allows = match self.dests.get(&domain).map(|d| d.breaker.state(now)) {
+            Some(BreakerState::Closed) | None => true,
+            Some(BreakerState::HalfOpen) => c.probe,
+            Some(BreakerState::Open) => false,
+        };
+        if how == Failover::None || !breaker_allows || c.txn.as_ref().is_none_or(|t| t.started) {
             // Nothing to carry over: settle whatever the connection held.
             if let Some(txn) = c.txn.take() {
                 self.settle_txn_uniform(now, &domain, txn, &error, c.probe);
@@ -1000,8 +1071,20 @@ impl Engine {
         let Some(c) = self.conns.get(&id) else { return };
         let domain = c.domain.clone();
         if c.txn.as_ref().is_some_and(|t| !t.started) {
-            return self.start_assigned(now, id);
+            // Assigned when the connection was requested: look at suppressions again now,
+            // just before MAIL FROM.
+            let mut txn = self.conns.get_mut(&id).and_then(|c| c.txn.take());
+            if let Some(t) = txn.as_mut() {
+                self.drop_suppressed(now, t);
+            }
+            if let Some(t) = txn.filter(|t| !t.idxs.is_empty()) {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.txn = Some(t);
+                }
+                return self.start_assigned(now, id);
+            }
         }
+        let Some(c) = self.conns.get(&id) else { return };
         let limit = self.cfg.destination.max_messages_per_connection;
         let can_take = !self.draining && c.sent < limit;
         let work = if can_take {

@@ -29,6 +29,8 @@ pub(crate) enum AckAction {
         request: RequestId,
         reply: AdminReply,
     },
+    /// Apply a webhook endpoint change in memory once it is durable.
+    Endpoint(super::webhooks::EndpointChange),
     /// Apply a suppression change in memory once it is durable.
     Suppress {
         tenant: TenantId,
@@ -87,7 +89,21 @@ impl Engine {
                     self.on_message_committed(now, request, message)
                 }
                 AckAction::Events(events) => self.events_persisted(events),
-                AckAction::DeleteSpool(message) => self.emit(Output::DeleteSpool { message }),
+                AckAction::DeleteSpool(message) => {
+                    // Only once no other batch concerning the message is outstanding (an
+                    // earlier one may have failed and wait for its retry): until then the
+                    // store may still hold a recipient as pending, and its spool is live.
+                    let holder = self
+                        .batches
+                        .iter()
+                        .find(|(_, b)| b.messages().any(|m| m == message))
+                        .map(|(id, _)| *id);
+                    match holder.and_then(|id| self.batches.get_mut(&id)) {
+                        Some(b) => b.on_ack.push(AckAction::DeleteSpool(message)),
+                        None => self.emit(Output::DeleteSpool { message }),
+                    }
+                }
+                AckAction::Endpoint(change) => self.apply_endpoint_change(change),
                 AckAction::Admin { request, reply } => self.emit(Output::AdminAnswer {
                     request,
                     result: Ok(reply),
@@ -156,10 +172,48 @@ impl Engine {
         self.set_timer(now.plus(delay), Timer::PersistRetry(batch));
     }
 
+    /// Re-emits a failed batch. Its events get fresh sequence numbers: later batches may
+    /// have committed higher ones meanwhile, and the outbox must stay in seq order for
+    /// pull-API readers (`after=<seq>`) not to miss an event.
     pub(crate) fn retry_batch(&mut self, _now: Time, batch: BatchId) {
-        if let Some(pending) = self.batches.get(&batch) {
-            let ops = pending.ops.clone();
-            self.emit(Output::Persist { batch, ops });
+        let Some(mut pending) = self.batches.remove(&batch) else {
+            return;
+        };
+        let mut renumbered: Vec<(u64, u64)> = Vec::new();
+        for op in pending.ops.iter_mut() {
+            if let StoreOp::InsertEvent(e) = op {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                renumbered.push((e.seq, seq));
+                e.payload = std::sync::Arc::from(crate::events::with_seq(&e.payload, seq));
+                e.seq = seq;
+            }
         }
+        let new_seq = |old: u64| renumbered.iter().find(|(o, _)| *o == old).map(|(_, n)| *n);
+        for op in pending.ops.iter_mut() {
+            if let StoreOp::UpsertWebhookDelivery(d) = op
+                && let Some(n) = new_seq(d.event_seq)
+            {
+                d.event_seq = n;
+            }
+        }
+        for action in pending.on_ack.iter_mut() {
+            if let AckAction::Events(events) = action {
+                for (e, rows) in events.iter_mut() {
+                    if let Some(n) = new_seq(e.seq) {
+                        e.payload = std::sync::Arc::from(crate::events::with_seq(&e.payload, n));
+                        e.seq = n;
+                        for r in rows.iter_mut() {
+                            r.event_seq = n;
+                        }
+                    }
+                }
+            }
+        }
+        self.emit(Output::Persist {
+            batch,
+            ops: pending.ops.clone(),
+        });
+        self.batches.insert(batch, pending);
     }
 }

@@ -24,6 +24,8 @@ struct Server {
     rcpt: BTreeMap<String, String>,
     end: String,
     refuse_connect: bool,
+    /// Never answer the connect (the engine's connect timeout fires).
+    hang_connect: bool,
     pipelining: bool,
 }
 
@@ -35,6 +37,7 @@ impl Default for Server {
             rcpt: BTreeMap::new(),
             end: "250 2.0.0 queued".into(),
             refuse_connect: false,
+            hang_connect: false,
             pipelining: true,
         }
     }
@@ -58,6 +61,10 @@ struct World {
     conns: BTreeMap<ConnId, ConnState>,
     /// Whether store writes succeed.
     store_ok: bool,
+    /// Fail the next batch that updates a recipient (once).
+    fail_next_update: bool,
+    /// Outputs `DeleteSpool` in order, with the store length at that moment.
+    deleted_spools: Vec<(MessageId, usize)>,
     store: Vec<StoreOp>,
     accepted: BTreeMap<RequestId, crate::io::Receipt>,
     rejected: BTreeMap<RequestId, crate::io::SubmitError>,
@@ -92,6 +99,8 @@ impl World {
             servers: BTreeMap::new(),
             conns: BTreeMap::new(),
             store_ok: true,
+            fail_next_update: false,
+            deleted_spools: Vec::new(),
             store: Vec::new(),
             accepted: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -173,7 +182,16 @@ impl World {
     fn carry_out(&mut self, out: Output, queue: &mut Vec<Input>) {
         match out {
             Output::Persist { batch, ops } => {
-                if self.store_ok {
+                let update = ops
+                    .iter()
+                    .any(|o| matches!(o, StoreOp::UpdateRecipient { .. }));
+                if update && self.fail_next_update {
+                    self.fail_next_update = false;
+                    queue.push(Input::PersistFailed {
+                        batch,
+                        error: "database is locked".into(),
+                    });
+                } else if self.store_ok {
                     self.store.extend(ops);
                     queue.push(Input::Persisted { batch });
                 } else {
@@ -209,6 +227,9 @@ impl World {
                     refuse_connect: true,
                     ..Server::default()
                 });
+                if server.hang_connect {
+                    return;
+                }
                 if server.refuse_connect {
                     queue.push(Input::ConnectFailed {
                         conn,
@@ -288,6 +309,9 @@ impl World {
             }
             Output::Close { conn } => {
                 self.conns.remove(&conn);
+            }
+            Output::DeleteSpool { message } => {
+                self.deleted_spools.push((message, self.store.len()))
             }
             _ => {}
         }
@@ -947,6 +971,186 @@ fn events_are_posted_signed_after_persistence_and_retried() {
     assert_eq!(
         w.admin.get(&RequestId(1000)),
         Some(&Err(crate::io::AdminError::NotFound))
+    );
+}
+
+fn committed_event_seqs(w: &World) -> Vec<u64> {
+    w.store
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::InsertEvent(e) => Some(e.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Simulator finding E1: a retried batch must not commit its event seqs after later ones.
+#[test]
+fn retried_batch_keeps_the_outbox_in_seq_order() {
+    let mut w = World::new();
+    w.add_domain(
+        "other.test",
+        &[(10, "mx.other.test", ip(70))],
+        Server::default(),
+    );
+    w.fail_next_update = true;
+    w.submit_to(&["a@example.org"]);
+    w.submit_to(&["b@other.test"]);
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("a@example.org"),
+        Some(RecipientStatus::Delivered)
+    );
+    assert_eq!(
+        w.final_status("b@other.test"),
+        Some(RecipientStatus::Delivered)
+    );
+    let seqs = committed_event_seqs(&w);
+    assert!(
+        seqs.windows(2).all(|p| p[0] < p[1]),
+        "commit order {seqs:?}"
+    );
+    // Each payload carries its (possibly renumbered) seq.
+    for op in &w.store {
+        if let StoreOp::InsertEvent(e) = op {
+            let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap_or_default();
+            assert_eq!(v["seq"], e.seq);
+        }
+    }
+}
+
+/// Simulator finding E2: no DeleteSpool while another recipient's final status waits.
+#[test]
+fn spool_is_deleted_only_after_every_final_status_is_durable() {
+    let mut w = World::new();
+    w.add_domain(
+        "other.test",
+        &[(10, "mx.other.test", ip(70))],
+        Server::default(),
+    );
+    w.fail_next_update = true;
+    w.submit_to(&["a@example.org", "b@other.test"]);
+    w.run_for(MIN);
+    assert_eq!(w.deleted_spools.len(), 1, "{:#?}", w.log);
+    let (_, at_len) = w.deleted_spools[0];
+    let terminal_updates = w.store[..at_len]
+        .iter()
+        .filter(|op| matches!(op, StoreOp::UpdateRecipient { status, .. } if status.is_terminal()))
+        .count();
+    assert_eq!(
+        terminal_updates, 2,
+        "both final statuses durable before the spool goes"
+    );
+}
+
+/// Simulator finding E3: a recipient waiting at its destination is checked against
+/// suppressions added meanwhile.
+#[test]
+fn waiting_recipient_suppressed_meanwhile_is_never_contacted() {
+    let mut w = World::new();
+    w.input(Input::Admin {
+        request: RequestId(500),
+        command: crate::io::AdminCommand::ForceBreaker {
+            domain: "example.org".into(),
+            state: crate::io::ForcedBreakerState::Open,
+        },
+    });
+    w.submit_to(&["u@example.org", "v@example.org"]);
+    w.run_for(MIN);
+    assert!(w.connects.is_empty());
+    w.input(Input::Admin {
+        request: RequestId(501),
+        command: crate::io::AdminCommand::AddSuppression {
+            tenant: TenantId(1),
+            address: "U@example.org".into(),
+            reason: "unsubscribed".into(),
+        },
+    });
+    w.input(Input::Admin {
+        request: RequestId(502),
+        command: crate::io::AdminCommand::ForceBreaker {
+            domain: "example.org".into(),
+            state: crate::io::ForcedBreakerState::Closed,
+        },
+    });
+    w.run_for(MIN);
+    assert_eq!(
+        w.final_status("u@example.org"),
+        Some(RecipientStatus::Suppressed)
+    );
+    assert_eq!(
+        w.final_status("v@example.org"),
+        Some(RecipientStatus::Delivered)
+    );
+    assert!(
+        w.delivered.iter().all(|(_, r)| r != "u@example.org"),
+        "suppressed address contacted"
+    );
+}
+
+/// Simulator finding E5: fail-over to the next MX asks the breaker too.
+#[test]
+fn failover_does_not_bypass_an_open_breaker() {
+    let mut w = World::new();
+    w.add_domain(
+        "slow.test",
+        &[(10, "mx1.slow.test", ip(80)), (20, "mx2.slow.test", ip(81))],
+        Server::default(),
+    );
+    w.servers.insert(
+        ip(80),
+        Server {
+            hang_connect: true,
+            ..Server::default()
+        },
+    );
+    w.submit_to(&["a@slow.test"]);
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.connects.len(), 1);
+    w.input(Input::Admin {
+        request: RequestId(600),
+        command: crate::io::AdminCommand::ForceBreaker {
+            domain: "slow.test".into(),
+            state: crate::io::ForcedBreakerState::Open,
+        },
+    });
+    w.run_for(MIN);
+    assert_eq!(
+        w.connects.len(),
+        1,
+        "no fail-over connection while open: {:#?}",
+        w.log
+    );
+    assert_eq!(
+        w.final_status("a@slow.test"),
+        Some(RecipientStatus::Deferred)
+    );
+}
+
+/// Simulator finding E6: an endpoint whose write failed is not used.
+#[test]
+fn endpoint_whose_write_failed_gets_no_events() {
+    let mut w = World::new();
+    w.store_ok = false;
+    w.input(Input::Admin {
+        request: RequestId(700),
+        command: crate::io::AdminCommand::CreateEndpoint {
+            tenant: TenantId(1),
+            url: "https://hooks.example.net/x".into(),
+            events: vec![],
+            secret: vec![1; 32],
+        },
+    });
+    assert!(matches!(w.admin.get(&RequestId(700)), Some(Err(_))));
+    w.store_ok = true;
+    w.submit_to(&["a@example.org"]);
+    w.run_for(MIN);
+    assert!(w.posts.is_empty());
+    assert!(
+        !w.store
+            .iter()
+            .any(|op| matches!(op, StoreOp::UpsertWebhookDelivery(_))),
+        "no delivery rows for an endpoint the store does not have"
     );
 }
 

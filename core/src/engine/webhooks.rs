@@ -2,8 +2,8 @@
 //! handed over only once persisted; POST results and endpoint changes are persisted.
 
 use crate::ids::{EndpointId, PostId, RequestId};
-use crate::io::{AdminCommand, Output};
-use crate::model::{EventRecord, WebhookDeliveryRecord};
+use crate::io::{AdminCommand, AdminError, AdminReply, Output};
+use crate::model::{EventRecord, StoreOp, WebhookDeliveryRecord};
 use crate::time::Time;
 use crate::webhook::{DispatcherSettings, WebhookDispatcher};
 
@@ -60,42 +60,71 @@ impl Engine {
         }
     }
 
+    /// Endpoint changes take effect in memory only once durable (a failed write leaves
+    /// nothing behind that the store does not have); a delivery retry is re-queued at once
+    /// (a failed write of it only loses the record of the request).
     pub(crate) fn webhook_admin(&mut self, now: Time, request: RequestId, cmd: AdminCommand) {
-        let outcome = match cmd {
-            AdminCommand::CreateEndpoint {
-                tenant,
-                url,
-                events,
-                secret,
-            } => {
-                let id = EndpointId(self.mint_id(now));
-                self.webhooks
-                    .create_endpoint(id, tenant, &url, &events, secret, now)
-            }
-            AdminCommand::DeleteEndpoint { tenant, endpoint } => {
-                self.webhooks.delete_endpoint(tenant, endpoint)
-            }
-            AdminCommand::RotateSecret {
-                tenant,
-                endpoint,
-                secret,
-            } => self.webhooks.rotate_secret(tenant, endpoint, secret, now),
-            AdminCommand::RetryWebhookDelivery {
-                tenant,
-                endpoint,
-                event,
-            } => self.webhooks.retry_delivery(tenant, endpoint, event, now),
-            _ => return,
-        };
-        match outcome {
-            Ok(o) => {
-                self.persist(
-                    o.ops,
-                    vec![AckAction::Admin {
-                        request,
-                        reply: o.reply,
-                    }],
-                );
+        let planned: Result<(Vec<StoreOp>, AdminReply, Option<EndpointChange>), AdminError> =
+            match cmd {
+                AdminCommand::CreateEndpoint {
+                    tenant,
+                    url,
+                    events,
+                    secret,
+                } => {
+                    let id = EndpointId(self.mint_id(now));
+                    self.webhooks
+                        .new_endpoint(id, tenant, &url, &events, secret, now)
+                        .map(|r| {
+                            (
+                                vec![StoreOp::UpsertEndpoint(r.clone())],
+                                AdminReply::Endpoint(r.clone()),
+                                Some(EndpointChange::Install(r)),
+                            )
+                        })
+                }
+                AdminCommand::RotateSecret {
+                    tenant,
+                    endpoint,
+                    secret,
+                } => self
+                    .webhooks
+                    .rotated_endpoint(tenant, endpoint, secret, now)
+                    .map(|r| {
+                        (
+                            vec![StoreOp::UpsertEndpoint(r.clone())],
+                            AdminReply::Endpoint(r.clone()),
+                            Some(EndpointChange::Install(r)),
+                        )
+                    }),
+                AdminCommand::DeleteEndpoint { tenant, endpoint } => {
+                    match self.webhooks.endpoint(tenant, endpoint) {
+                        Some(_) => Ok((
+                            vec![StoreOp::DeleteEndpoint { tenant, endpoint }],
+                            AdminReply::Done,
+                            Some(EndpointChange::Delete { tenant, endpoint }),
+                        )),
+                        None => Err(AdminError::NotFound),
+                    }
+                }
+                AdminCommand::RetryWebhookDelivery {
+                    tenant,
+                    endpoint,
+                    event,
+                } => self
+                    .webhooks
+                    .retry_delivery(tenant, endpoint, event, now)
+                    .map(|o| (o.ops, o.reply, None)),
+                _ => return,
+            };
+        match planned {
+            Ok((ops, reply, change)) => {
+                let mut acks = Vec::new();
+                if let Some(change) = change {
+                    acks.push(AckAction::Endpoint(change));
+                }
+                acks.push(AckAction::Admin { request, reply });
+                self.persist(ops, acks);
             }
             Err(e) => self.emit(Output::AdminAnswer {
                 request,
@@ -103,4 +132,23 @@ impl Engine {
             }),
         }
     }
+
+    pub(crate) fn apply_endpoint_change(&mut self, change: EndpointChange) {
+        match change {
+            EndpointChange::Install(record) => self.webhooks.install_endpoint(record),
+            EndpointChange::Delete { tenant, endpoint } => {
+                let _ = self.webhooks.delete_endpoint(tenant, endpoint);
+            }
+        }
+    }
+}
+
+/// An endpoint change to apply once its store write is durable.
+#[derive(Clone, Debug)]
+pub(crate) enum EndpointChange {
+    Install(crate::model::EndpointRecord),
+    Delete {
+        tenant: crate::ids::TenantId,
+        endpoint: EndpointId,
+    },
 }

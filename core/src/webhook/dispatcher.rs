@@ -463,6 +463,26 @@ impl WebhookDispatcher {
         secret: Vec<u8>,
         now: Time,
     ) -> Result<AdminOutcome, AdminError> {
+        let record = self.new_endpoint(id, tenant, url, events, secret, now)?;
+        self.install_endpoint(record.clone());
+        Ok(AdminOutcome {
+            ops: vec![StoreOp::UpsertEndpoint(record.clone())],
+            reply: AdminReply::Endpoint(record),
+        })
+    }
+
+    /// Validates a new endpoint and builds its record without installing it: the engine
+    /// installs it (`install_endpoint`) only once its store write is durable, so that no
+    /// event is ever routed to an endpoint the store does not have.
+    pub fn new_endpoint(
+        &self,
+        id: EndpointId,
+        tenant: TenantId,
+        url: &str,
+        events: &[EventKind],
+        secret: Vec<u8>,
+        now: Time,
+    ) -> Result<EndpointRecord, AdminError> {
         validate_url(url, self.settings.allow_private)
             .map_err(|e| AdminError::Invalid(e.to_string()))?;
         check_key(&secret).map_err(|e| AdminError::Invalid(e.to_string()))?;
@@ -471,7 +491,7 @@ impl WebhookDispatcher {
                 "endpoint id already exists".to_string(),
             ));
         }
-        let record = EndpointRecord {
+        Ok(EndpointRecord {
             id,
             tenant,
             url: url.to_string(),
@@ -482,12 +502,16 @@ impl WebhookDispatcher {
                 expires_at: None,
             }],
             created_at: now,
-        };
-        self.insert_endpoint(record.clone());
-        Ok(AdminOutcome {
-            ops: vec![StoreOp::UpsertEndpoint(record.clone())],
-            reply: AdminReply::Endpoint(record),
         })
+    }
+
+    /// Installs a new or changed endpoint record. A known endpoint keeps its queue and
+    /// in-flight state; only its record (URL, subscriptions, secrets) is replaced.
+    pub fn install_endpoint(&mut self, record: EndpointRecord) {
+        match self.endpoints.get_mut(&record.id) {
+            Some(ep) if ep.record.tenant == record.tenant => ep.record = record,
+            _ => self.insert_endpoint(record),
+        }
     }
 
     /// Deletes an endpoint of `tenant` (another tenant's endpoint is `NotFound`). Its
@@ -535,11 +559,30 @@ impl WebhookDispatcher {
         new_secret: Vec<u8>,
         now: Time,
     ) -> Result<AdminOutcome, AdminError> {
-        self.endpoint(tenant, id).ok_or(AdminError::NotFound)?;
+        let record = self.rotated_endpoint(tenant, id, new_secret, now)?;
+        self.install_endpoint(record.clone());
+        Ok(AdminOutcome {
+            ops: vec![StoreOp::UpsertEndpoint(record.clone())],
+            reply: AdminReply::Endpoint(record),
+        })
+    }
+
+    /// The endpoint's record after a rotation, without applying it (see
+    /// `install_endpoint`).
+    pub fn rotated_endpoint(
+        &self,
+        tenant: TenantId,
+        id: EndpointId,
+        new_secret: Vec<u8>,
+        now: Time,
+    ) -> Result<EndpointRecord, AdminError> {
+        let mut record = self
+            .endpoint(tenant, id)
+            .ok_or(AdminError::NotFound)?
+            .clone();
         check_key(&new_secret).map_err(|e| AdminError::Invalid(e.to_string()))?;
         let until = now.plus(self.config.rotation_overlap);
-        let ep = self.endpoints.get_mut(&id).ok_or(AdminError::NotFound)?;
-        let secrets = &mut ep.record.secrets;
+        let secrets = &mut record.secrets;
         secrets.retain(|s| s.expires_at.is_none_or(|e| e > now));
         for s in secrets.iter_mut() {
             s.expires_at = Some(s.expires_at.map_or(until, |e| e.min(until)));
@@ -552,11 +595,7 @@ impl WebhookDispatcher {
                 expires_at: None,
             },
         );
-        let record = ep.record.clone();
-        Ok(AdminOutcome {
-            ops: vec![StoreOp::UpsertEndpoint(record.clone())],
-            reply: AdminReply::Endpoint(record),
-        })
+        Ok(record)
     }
 
     /// Drops expired secrets from every endpoint; returns an `UpsertEndpoint` per endpoint
