@@ -148,14 +148,23 @@ impl Daemon {
     pub fn start(name: &str, relay_port: u16, config: Option<&str>, extra: &[&str]) -> Daemon {
         let dir = scratch(name);
         let http = format!("127.0.0.1:{}", free_port());
-        let smtp = free_port();
+        // `--smtp ADDR` in `extra` replaces the default loopback listener.
+        let given = extra
+            .iter()
+            .position(|a| *a == "--smtp")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let smtp = given.unwrap_or_else(free_port);
         let mut cmd = Command::new(outpost_bin());
         cmd.arg("serve")
             .arg("--data")
             .arg(dir.join("data"))
             .args(["--http", &http, "--hostname", "outpost.test"])
-            .args(["--relay", &format!("127.0.0.1:{relay_port}")])
-            .args(["--smtp", &format!("127.0.0.1:{smtp}")]);
+            .args(["--relay", &format!("127.0.0.1:{relay_port}")]);
+        if given.is_none() {
+            cmd.args(["--smtp", &format!("127.0.0.1:{smtp}")]);
+        }
         if let Some(text) = config {
             let path = dir.join("outpost.toml");
             std::fs::write(&path, text).expect("write config");
@@ -363,4 +372,60 @@ pub fn require(what: &str, ok: bool) -> bool {
     }
     eprintln!("skipped: {what} not installed (scripts/install-test-deps.sh)");
     false
+}
+
+/// Runs swaks against the daemon's SMTP port on `host`; its whole transcript.
+pub fn swaks(host: &str, port: u16, args: &[&str]) -> String {
+    let out = Command::new("swaks")
+        .args(["--server", &format!("{host}:{port}"), "--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("run swaks");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The message id from a `250 2.0.0 Ok: queued as <id>` reply.
+pub fn queued_id(transcript: &str) -> Option<String> {
+    let at = transcript.find("queued as ")? + "queued as ".len();
+    let id: String = transcript[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+/// A self-signed certificate and key (PEM) made with the openssl command.
+pub fn self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=outpost.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some((cert, key))
+}
+
+/// This machine's first non-loopback IPv4 address, if any.
+pub fn non_loopback_ip() -> Option<String> {
+    let out = Command::new("hostname").arg("-I").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .map(str::to_string)
 }
