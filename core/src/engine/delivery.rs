@@ -430,12 +430,44 @@ impl Engine {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        let idle = c.session.as_ref().is_some_and(|s| s.is_idle());
         let started = c
             .session
             .as_mut()
             .is_some_and(|s| s.start_transaction(now, env));
         if let Some(t) = c.txn.as_mut() {
             t.started |= started;
+        }
+        if idle && !started {
+            self.settle_refused_envelope(now, id);
+        }
+    }
+
+    /// The session is ready but refuses the envelope (an address it cannot write as an
+    /// SMTP command, e.g. stored by an older version): settle the transaction as a
+    /// permanent failure rather than leave its recipients `sending` for ever.
+    fn settle_refused_envelope(&mut self, now: Time, id: ConnId) {
+        let Some((txn, mx, ip, domain)) = self.conns.get_mut(&id).and_then(|c| {
+            c.txn
+                .take()
+                .map(|t| (t, c.mx.clone(), c.ip, c.domain.clone()))
+        }) else {
+            return;
+        };
+        let o = self.outcome_fixed(
+            now,
+            Stage::Mail,
+            Category::NotSupported,
+            "engine:envelope-refused",
+            "the envelope cannot be written as SMTP commands".to_string(),
+            Some(mx),
+            ip,
+        );
+        let outcomes = txn.idxs.iter().map(|&i| (i, o.clone())).collect();
+        self.settle(now, txn.message, outcomes);
+        self.dirty.insert(domain);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.idle_deadline = Some(now.plus(self.cfg.destination.idle_timeout));
         }
     }
 

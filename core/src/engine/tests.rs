@@ -984,6 +984,39 @@ fn committed_event_seqs(w: &World) -> Vec<u64> {
         .collect()
 }
 
+/// Fuzzer finding: an envelope the SMTP client cannot write (here recovered from the
+/// store) must be settled, not left `sending` for ever.
+#[test]
+fn unwritable_recovered_envelope_is_settled() {
+    let mut w = World::new();
+    w.submit_to(&["ok@example.org"]);
+    let mut record = match w.store.iter().find_map(|op| match op {
+        StoreOp::InsertMessage { message, .. } => Some(message.clone()),
+        _ => None,
+    }) {
+        Some(r) => r,
+        None => panic!("no message stored"),
+    };
+    record.id = MessageId(record.id.0 + 1);
+    record.recipients[0].address = "\"john doe\"@example.org".into();
+    record.recipients[0].status = RecipientStatus::Queued;
+    let mut fresh = World::new();
+    fresh.engine = Engine::new(Config::default(), 9);
+    fresh.engine.handle(
+        fresh.now,
+        Input::Recovered(Box::new(Snapshot {
+            messages: vec![record.clone()],
+            ..Snapshot::default()
+        })),
+    );
+    fresh.run_for(MIN);
+    assert_eq!(fresh.engine.pending_recipients(), 0, "{:#?}", fresh.log);
+    let bounced = fresh.store.iter().any(|op| {
+        matches!(op, StoreOp::UpdateRecipient { message, status: RecipientStatus::Bounced, .. } if *message == record.id)
+    });
+    assert!(bounced);
+}
+
 /// Simulator finding E1: a retried batch must not commit its event seqs after later ones.
 #[test]
 fn retried_batch_keeps_the_outbox_in_seq_order() {

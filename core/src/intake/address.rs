@@ -280,6 +280,18 @@ fn parse_local(local: &str) -> Result<String, AddrProblem> {
         if is_dot_atom(&content) {
             return Ok(content);
         }
+        // Quoted spaces and angle brackets are valid RFC 5321, but many servers mis-parse
+        // them inside `RCPT TO:<...>` and the SMTP client refuses to write them: refuse
+        // them here with a clear error rather than accept mail that cannot be sent.
+        if content
+            .bytes()
+            .any(|b| b <= b' ' || b == 0x7f || b == b'<' || b == b'>')
+        {
+            return Err(problem(
+                "unsupported_local_part",
+                "quoted local parts containing spaces or angle brackets are not supported",
+            ));
+        }
         return Ok(local.to_string());
     }
     if local.contains(' ') {
@@ -413,8 +425,10 @@ mod tests {
 
         let a = ok("\"john\"@example.com");
         assert_eq!(a.local, "john");
-        let a = ok("\"john doe\"@example.com");
-        assert_eq!(a.local, "\"john doe\"");
+        let a = ok("\"john@doe\"@example.com");
+        assert_eq!(a.local, "\"john@doe\"");
+        // Valid RFC 5321, but not writable safely in RCPT TO: refused with its own code.
+        assert_eq!(code("\"john doe\"@example.com"), "unsupported_local_part");
         let a = ok("\"a@b\"@example.com");
         assert_eq!(a.local, "\"a@b\"");
     }
