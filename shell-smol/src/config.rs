@@ -185,6 +185,8 @@ impl Settings {
         if let Some(r) = &args.relay {
             engine.relay = Some(parse_relay(r)?);
         }
+        // The engine checks endpoint URLs again when it stores them.
+        engine.allow_private_webhooks |= args.allow_private_webhooks;
         engine
             .validate()
             .map_err(|e| bad(&e.setting, e.reason.clone()))?;

@@ -153,9 +153,11 @@ impl Daemon {
             .iter()
             .position(|a| *a == "--smtp")
             .and_then(|i| extra.get(i + 1))
+            .copied();
+        let smtp = given
             .and_then(|a| a.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok());
-        let smtp = given.unwrap_or_else(free_port);
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .unwrap_or_else(free_port);
         let mut cmd = Command::new(outpost_bin());
         cmd.arg("serve")
             .arg("--data")
