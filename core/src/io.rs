@@ -347,6 +347,16 @@ pub enum AdminCommand {
         endpoint: EndpointId,
         event: EventId,
     },
+    /// Like `RetryWebhookDelivery` for a delivery the dispatcher no longer remembers (it
+    /// forgets finished deliveries at a restart and beyond a bounded cache): the shell
+    /// read the event and the attempts made so far from the store, so attempt numbers
+    /// continue and a failed delivery stays replayable.
+    ReplayWebhookDelivery {
+        tenant: TenantId,
+        endpoint: EndpointId,
+        event: Box<crate::model::EventRecord>,
+        attempts: u32,
+    },
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -185,8 +185,9 @@ impl Settings {
         if let Some(r) = &args.relay {
             engine.relay = Some(parse_relay(r)?);
         }
-        // The engine checks endpoint URLs again when it stores them.
-        engine.allow_private_webhooks |= args.allow_private_webhooks;
+        // The engine's dispatcher validates endpoint URLs itself: without this the flag
+        // passed the API's check but the engine still refused loopback endpoints.
+        engine.allow_private_webhooks = args.allow_private_webhooks;
         engine
             .validate()
             .map_err(|e| bad(&e.setting, e.reason.clone()))?;
@@ -626,6 +627,9 @@ mod tests {
         assert_eq!(s.engine.mx_port, 25);
         assert!(s.dns.is_none());
         assert_eq!(s.shutdown_deadline, Duration::from_secs(30));
+        assert!(!s.engine.allow_private_webhooks);
+        let s = Settings::build(&args(&["--allow-private-webhooks"]), None).expect("valid");
+        assert!(s.allow_private_webhooks && s.engine.allow_private_webhooks);
     }
 
     #[test]

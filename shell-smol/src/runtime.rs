@@ -444,6 +444,14 @@ impl Runtime {
                 let report = self.report();
                 smol::spawn(async move {
                     let (files, live) = smol::unblock(move || store.scan_spool()).await;
+                    // The core deletes nothing then (it fails closed); say why here, as
+                    // the core has no logger.
+                    if let Err(error) = &files {
+                        tracing::warn!(%error, "spool clean-up skipped: cannot list the spool");
+                    }
+                    if let Err(error) = &live {
+                        tracing::warn!(%error, "spool clean-up skipped: cannot read the live message set");
+                    }
                     report(Input::SpoolScanned { files, live });
                 })
                 .detach();

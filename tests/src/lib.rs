@@ -1,1 +1,4 @@
 //! Helpers for the end-to-end tests.
+
+pub mod daemon;
+pub mod python;

@@ -42,7 +42,8 @@ impl Engine {
             cmd @ (AdminCommand::CreateEndpoint { .. }
             | AdminCommand::DeleteEndpoint { .. }
             | AdminCommand::RotateSecret { .. }
-            | AdminCommand::RetryWebhookDelivery { .. }) => {
+            | AdminCommand::RetryWebhookDelivery { .. }
+            | AdminCommand::ReplayWebhookDelivery { .. }) => {
                 return self.webhook_admin(now, request, cmd);
             }
         };

@@ -1233,6 +1233,125 @@ proptest! {
     }
 }
 
+/// After a restart the dispatcher knows only pending deliveries; a delivery that failed
+/// for good before it is replayed with the event the shell read from the store.
+#[test]
+fn a_failed_delivery_is_replayable_after_a_restart() {
+    let key = vec![9u8; 32];
+    let endpoint = crate::model::EndpointRecord {
+        id: crate::ids::EndpointId(77),
+        tenant: TenantId(1),
+        url: "https://hooks.example.net/h".into(),
+        events: BTreeSet::new(),
+        secrets: vec![crate::model::WebhookSecret {
+            key: key.clone(),
+            created_at: T0,
+            expires_at: None,
+        }],
+        created_at: T0,
+    };
+    let event = crate::model::EventRecord {
+        seq: 5,
+        id: crate::ids::EventId(555),
+        tenant: TenantId(1),
+        kind: EventKind::Delivered,
+        at: T0,
+        message: MessageId(1),
+        idx: 0,
+        payload: std::sync::Arc::from("{\"id\":\"x\"}"),
+    };
+    let mut engine = Engine::new(Config::default(), 1);
+    let snapshot = Snapshot {
+        endpoints: vec![endpoint.clone()],
+        last_event_seq: 5,
+        ..Snapshot::default()
+    };
+    engine.handle(T0, Input::Recovered(Box::new(snapshot)));
+    engine.handle(
+        T0,
+        Input::Admin {
+            request: RequestId(1),
+            command: crate::io::AdminCommand::RetryWebhookDelivery {
+                tenant: TenantId(1),
+                endpoint: endpoint.id,
+                event: event.id,
+            },
+        },
+    );
+    let mut outs = Vec::new();
+    while let Some(o) = engine.poll_output() {
+        outs.push(o);
+    }
+    assert!(
+        outs.iter().any(|o| matches!(
+            o,
+            Output::AdminAnswer {
+                result: Err(crate::io::AdminError::NotFound),
+                ..
+            }
+        )),
+        "{outs:?}"
+    );
+    // Another tenant cannot replay it.
+    engine.handle(
+        T0,
+        Input::Admin {
+            request: RequestId(2),
+            command: crate::io::AdminCommand::ReplayWebhookDelivery {
+                tenant: TenantId(2),
+                endpoint: endpoint.id,
+                event: Box::new(event.clone()),
+                attempts: 41,
+            },
+        },
+    );
+    let mut outs = Vec::new();
+    while let Some(o) = engine.poll_output() {
+        outs.push(o);
+    }
+    assert!(
+        outs.iter()
+            .all(|o| !matches!(o, Output::PostWebhook { .. })),
+        "{outs:?}"
+    );
+    engine.handle(
+        T0,
+        Input::Admin {
+            request: RequestId(3),
+            command: crate::io::AdminCommand::ReplayWebhookDelivery {
+                tenant: TenantId(1),
+                endpoint: endpoint.id,
+                event: Box::new(event.clone()),
+                attempts: 41,
+            },
+        },
+    );
+    // The pending row is persisted (attempt count kept) and the POST goes out with the
+    // event's id as webhook-id.
+    let mut persisted_attempts = None;
+    let mut posted_id = None;
+    while let Some(o) = engine.poll_output() {
+        match o {
+            Output::Persist { ops, .. } => {
+                for op in ops {
+                    if let StoreOp::UpsertWebhookDelivery(row) = op {
+                        persisted_attempts = Some(row.attempts);
+                    }
+                }
+            }
+            Output::PostWebhook { headers, .. } => {
+                posted_id = headers
+                    .iter()
+                    .find(|(k, _)| k == "webhook-id")
+                    .map(|(_, v)| v.clone());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(persisted_attempts, Some(41));
+    assert_eq!(posted_id, Some(event.id.to_string()));
+}
+
 #[test]
 fn messages_per_minute_shapes_a_destination() {
     let mut cfg = Config::default();

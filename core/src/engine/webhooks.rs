@@ -115,6 +115,21 @@ impl Engine {
                     .webhooks
                     .retry_delivery(tenant, endpoint, event, now)
                     .map(|o| (o.ops, o.reply, None)),
+                AdminCommand::ReplayWebhookDelivery {
+                    tenant,
+                    endpoint,
+                    event,
+                    attempts,
+                } => self
+                    .webhooks
+                    .retry_delivery_with(
+                        tenant,
+                        endpoint,
+                        std::sync::Arc::new(*event),
+                        attempts,
+                        now,
+                    )
+                    .map(|o| (o.ops, o.reply, None)),
                 _ => return,
             };
         match planned {

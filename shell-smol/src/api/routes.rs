@@ -722,13 +722,30 @@ fn retry_delivery(ctx: &Ctx, req: &mut Request, q: Query, id: &str, event: &str)
     q.finish()?;
     let id = own_endpoint(ctx, &t, id)?;
     let event: EventId = event.parse().map_err(|_| ApiError::not_found())?;
-    ctx.gateway
-        .admin(AdminCommand::RetryWebhookDelivery {
-            tenant: t.id,
-            endpoint: id,
-            event,
-        })
-        .map_err(admin_error)?;
+    match ctx.gateway.admin(AdminCommand::RetryWebhookDelivery {
+        tenant: t.id,
+        endpoint: id,
+        event,
+    }) {
+        Ok(_) => {}
+        // The engine forgets finished deliveries at a restart (and beyond a bounded
+        // cache); a failed delivery must stay replayable, so hand it the stored event.
+        Err(AdminError::NotFound) => {
+            let (record, attempts) = ctx
+                .store
+                .read(|c| query::delivery_for_replay(c, t.id, id, event))?
+                .ok_or_else(ApiError::not_found)?;
+            ctx.gateway
+                .admin(AdminCommand::ReplayWebhookDelivery {
+                    tenant: t.id,
+                    endpoint: id,
+                    event: Box::new(record),
+                    attempts,
+                })
+                .map_err(admin_error)?;
+        }
+        Err(e) => return Err(admin_error(e)),
+    }
     Ok(Reply::json(
         202,
         json!({"endpoint_id": id.to_string(), "event_id": event.to_string(), "state": "pending"}),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use outpost_core::classify::Category;
 use outpost_core::model::{
-    AttemptRecord, EndpointRecord, EventKind, MessageRecord, SuppressionRecord,
+    AttemptRecord, EndpointRecord, EventKind, EventRecord, MessageRecord, SuppressionRecord,
     WebhookAttemptRecord, WebhookDeliveryRecord,
 };
 use outpost_core::status::MessageStatus;
@@ -17,7 +17,8 @@ use super::StoreError;
 use super::codec::*;
 use super::schema::LIVE_MESSAGE_STATUSES;
 use super::snapshot::{
-    ATTEMPT_COLUMNS, attempt_from_row, delivery_from_row, endpoints, recipient_from_row,
+    ATTEMPT_COLUMNS, attempt_from_row, delivery_from_row, endpoints, event_from_row,
+    recipient_from_row,
 };
 
 /// A tenant as the API knows it.
@@ -418,4 +419,31 @@ pub fn list_deliveries(
         }
     }
     Ok(logs)
+}
+
+/// A delivery of `event` to the tenant's endpoint with its event and the attempts made so
+/// far, to replay it when the engine no longer remembers it (finished before a restart).
+pub fn delivery_for_replay(
+    conn: &mut Connection,
+    tenant: TenantId,
+    endpoint: EndpointId,
+    event: EventId,
+) -> Result<Option<(EventRecord, u32)>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT d.attempts, e.seq, e.id, e.tenant_id, e.kind, e.at, e.message_id, e.idx,
+                e.payload
+             FROM webhook_deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.endpoint_id = ?1 AND d.tenant_id = ?2 AND d.event_id = ?3
+               AND e.tenant_id = ?2",
+        )?
+        .query_row(
+            params![
+                endpoint.to_string(),
+                u64_to_sql(tenant.0),
+                event.to_string()
+            ],
+            |r| Ok((event_from_row(r, 1)?, r.get::<_, u32>(0)?)),
+        )
+        .optional()?)
 }
