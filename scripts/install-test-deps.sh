@@ -4,7 +4,7 @@
 # dnsmasq (MX/TXT records on a loopback port), swaks, curl. Python packages: aiosmtpd
 # (per-recipient answers, STARTTLS), standardwebhooks (verifies our webhooks), dkimpy with
 # PyNaCl (verifies our DKIM signatures; PyNaCl for ed25519-sha256), prometheus_client
-# (parses /metrics).
+# (parses /metrics), schemathesis (checks the API against openapi.yaml).
 set -euo pipefail
 
 SUDO=""
@@ -14,6 +14,9 @@ need_apt=()
 command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || need_apt+=(postfix)
 [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+# swaks --tls needs Net::SSLeay and IO::Socket::SSL.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need_apt+=(libnet-ssleay-perl libio-socket-ssl-perl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v kill >/dev/null 2>&1 || need_apt+=(procps)
 
@@ -27,8 +30,8 @@ fi
 # hold port 53 or answer for us.
 $SUDO systemctl stop dnsmasq >/dev/null 2>&1 || true
 
-PIP_PKGS=(aiosmtpd standardwebhooks dkimpy pynacl prometheus-client)
-if ! python3 -c "import aiosmtpd, standardwebhooks, dkim, nacl, prometheus_client" >/dev/null 2>&1; then
+PIP_PKGS=(aiosmtpd standardwebhooks dkimpy pynacl prometheus-client schemathesis)
+if ! python3 -c "import aiosmtpd, standardwebhooks, dkim, nacl, prometheus_client, schemathesis" >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check "${PIP_PKGS[@]}"
 fi
 echo "test dependencies ready"

@@ -29,6 +29,26 @@ pub enum Command {
     Serve(ServeArgs),
     /// Sending domains: check the DNS records (DKIM, SPF, DMARC) via the running daemon.
     Domains(crate::cli_domains::DomainsArgs),
+    /// Queue depth per destination domain, oldest message, next attempts.
+    Queue(crate::cli::queue::QueueArgs),
+    /// A message's recipients and delivery timeline.
+    Message(crate::cli::message::MessageArgs),
+    /// Circuit breakers that are not plainly closed, with why and the next probe.
+    Breakers(crate::cli::breakers::BreakersArgs),
+    /// Force a destination's circuit breaker open or closed.
+    Breaker(crate::cli::breakers::BreakerArgs),
+    /// A tenant's suppression list.
+    Suppress(crate::cli::suppress::SuppressArgs),
+    /// API keys.
+    Keys(crate::cli::keys::KeysArgs),
+    /// Make every pending recipient of a message due now.
+    Retry(crate::cli::message::MessageArgs),
+    /// Cancel a message: its pending recipients fail with reason `cancelled`.
+    Bounce(crate::cli::message::MessageArgs),
+    /// Classify an SMTP reply offline: category, matching rules, decision.
+    Classify(crate::cli::classify::ClassifyArgs),
+    /// A one-command demo: daemon, SMTP sink and webhook receiver in this process.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -74,7 +94,32 @@ pub struct ServeArgs {
     /// A public address outpost sends from (repeatable), for the suggested SPF record.
     #[arg(long = "public-ip", env = "OUTPOST_PUBLIC_IP", value_delimiter = ',')]
     pub public_ip: Vec<std::net::IpAddr>,
+    /// SMTP submission listen address, or `off` [default: 127.0.0.1:2525; if that default
+    /// is taken the daemon runs without SMTP, an address given here must bind].
+    #[arg(long, env = "OUTPOST_SMTP")]
+    pub smtp: Option<String>,
+    /// Networks whose clients may submit without AUTH (their envelope sender must still
+    /// belong to a known tenant), e.g. `10.0.0.0/8,192.168.1.0/24`.
+    #[arg(long, env = "OUTPOST_TRUSTED_NETWORKS", default_value = "")]
+    pub trusted_networks: String,
+    /// PEM certificate chain for SMTP STARTTLS (with --smtp-tls-key).
+    #[arg(long, env = "OUTPOST_SMTP_TLS_CERT")]
+    pub smtp_tls_cert: Option<PathBuf>,
+    /// PEM private key for SMTP STARTTLS.
+    #[arg(long, env = "OUTPOST_SMTP_TLS_KEY")]
+    pub smtp_tls_key: Option<PathBuf>,
 }
+
+/// Where SMTP submission listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmtpListen {
+    pub addr: SocketAddr,
+    /// Given by the operator: failing to bind it is fatal.
+    pub explicit: bool,
+}
+
+/// The default SMTP submission address (DESIGN.md).
+pub const DEFAULT_SMTP: &str = "127.0.0.1:2525";
 
 /// A setting that cannot work, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +153,15 @@ pub struct Settings {
     pub dkim: crate::dkim::settings::DkimSettings,
     /// `--public-ip` / `public_ips`: for the suggested SPF record.
     pub public_ips: Vec<std::net::IpAddr>,
+    /// The tracing filter from the config file (`RUST_LOG` wins over it).
+    pub log_level: Option<String>,
+    /// Message rate limits per tenant (`[limits]`).
+    pub limits: crate::ratelimit::Limits,
+    /// `None`: SMTP submission off.
+    pub smtp: Option<SmtpListen>,
+    pub trusted_networks: Vec<crate::submission::Cidr>,
+    /// (certificate chain, private key) PEM files for STARTTLS.
+    pub smtp_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Settings {
@@ -117,6 +171,8 @@ impl Settings {
         let mut engine = Config::default();
         let mut dkim = crate::dkim::settings::DkimSettings::default();
         let mut public_ips = Vec::new();
+        let mut limits = crate::ratelimit::Limits::default();
+        let mut log_level = None;
         if let Some(path) = &args.config {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
@@ -125,6 +181,14 @@ impl Settings {
                 dkim = d.into_settings().map_err(|(s, r)| bad(&s, r))?;
             }
             public_ips = file.public_ips.take().unwrap_or_default();
+            if let Some(l) = file.limits.take() {
+                limits = l.into_limits()?;
+            }
+            if let Some(level) = file.log_level.take() {
+                tracing_subscriber::EnvFilter::try_new(&level)
+                    .map_err(|e| bad("log_level", format!("{level:?}: {e}")))?;
+                log_level = Some(level);
+            }
             file.apply(&mut engine)?;
         }
         if !args.public_ip.is_empty() {
@@ -169,7 +233,44 @@ impl Settings {
         {
             return Err(bad("OUTPOST_ADMIN_KEY", "must be at least 16 characters"));
         }
+        let smtp = match args.smtp.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(a) => Some(SmtpListen {
+                addr: a
+                    .parse()
+                    .map_err(|_| bad("smtp", format!("{a:?} is not IP:PORT or `off`")))?,
+                explicit: true,
+            }),
+            None => Some(SmtpListen {
+                addr: DEFAULT_SMTP
+                    .parse()
+                    .map_err(|_| bad("smtp", "bad built-in default"))?,
+                explicit: false,
+            }),
+        };
+        let trusted_networks = crate::submission::parse_networks(&args.trusted_networks)
+            .map_err(|e| bad("trusted-networks", e))?;
+        let smtp_tls = match (&args.smtp_tls_cert, &args.smtp_tls_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => {
+                for (name, p) in [("smtp-tls-cert", c), ("smtp-tls-key", k)] {
+                    if !p.is_file() {
+                        return Err(bad(name, format!("{} is not a readable file", p.display())));
+                    }
+                }
+                Some((c.clone(), k.clone()))
+            }
+            _ => {
+                return Err(bad(
+                    "smtp-tls-cert",
+                    "--smtp-tls-cert and --smtp-tls-key go together",
+                ));
+            }
+        };
         Ok(Settings {
+            smtp,
+            trusted_networks,
+            smtp_tls,
             engine,
             data_dir: args.data.clone(),
             http: args.http,
@@ -179,10 +280,24 @@ impl Settings {
             shutdown_deadline: args.shutdown_deadline,
             admin_key,
             log_format: args.log_format,
+            log_level,
+            limits,
             dkim,
             public_ips,
         })
     }
+}
+
+/// The core's settings from an optional config file alone (for offline commands such as
+/// `outpost classify`).
+pub fn engine_config(path: Option<&std::path::Path>) -> Result<Config, SettingError> {
+    let mut engine = Config::default();
+    if let Some(path) = path {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+        parse_file(&text)?.apply(&mut engine)?;
+    }
+    Ok(engine)
 }
 
 fn parse_relay(s: &str) -> Result<Relay, SettingError> {
@@ -283,6 +398,55 @@ struct FileConfig {
     dkim: Option<crate::dkim::settings::FileDkim>,
     /// Public addresses outpost sends from (the `--public-ip` flag overrides).
     public_ips: Option<Vec<std::net::IpAddr>>,
+    /// Message rate limits per tenant (the shell's, not the core's).
+    limits: Option<FileLimits>,
+    /// Tracing filter, e.g. `"info"` or `"info,outpost=debug"` (`RUST_LOG` wins).
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimit {
+    messages_per_minute: Option<u32>,
+    messages_per_hour: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    messages_per_minute: Option<u32>,
+    messages_per_hour: Option<u32>,
+    #[serde(default)]
+    tenants: BTreeMap<String, FileLimit>,
+}
+
+impl FileLimits {
+    fn into_limits(self) -> Result<crate::ratelimit::Limits, SettingError> {
+        use crate::ratelimit::{Limit, Limits};
+        let check = |name: &str, v: Option<u32>| match v {
+            Some(0) => Err(bad(name, "must be at least 1 (leave it out for no limit)")),
+            _ => Ok(v),
+        };
+        let mut out = Limits {
+            default: Limit {
+                per_minute: check("limits.messages_per_minute", self.messages_per_minute)?,
+                per_hour: check("limits.messages_per_hour", self.messages_per_hour)?,
+            },
+            tenants: BTreeMap::new(),
+        };
+        for (domain, l) in self.tenants {
+            let key = domain.trim_end_matches('.').to_ascii_lowercase();
+            let p = format!("limits.tenants.{domain}");
+            out.tenants.insert(
+                key,
+                Limit {
+                    per_minute: check(&format!("{p}.messages_per_minute"), l.messages_per_minute)?,
+                    per_hour: check(&format!("{p}.messages_per_hour"), l.messages_per_hour)?,
+                },
+            );
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -466,6 +630,7 @@ mod tests {
         match Cli::try_parse_from(v).expect("parse").command {
             Command::Serve(a) => a,
             Command::Domains(_) => panic!("not serve"),
+            other => panic!("not serve: {other:?}"),
         }
     }
 
@@ -594,6 +759,30 @@ max_connections = 2
         assert!(e.to_string().contains("max_age"), "{e}");
         let e = with_file("max_age = \"10s\"").expect_err("invalid");
         assert_eq!(e.setting, "max_age");
+    }
+
+    #[test]
+    fn limits_and_log_level_are_read() {
+        let s = with_file(
+            r#"
+log_level = "info,outpost=debug"
+[limits]
+messages_per_minute = 60
+[limits.tenants."Big.Example"]
+messages_per_hour = 1000
+"#,
+        )
+        .expect("valid");
+        assert_eq!(s.log_level.as_deref(), Some("info,outpost=debug"));
+        assert_eq!(s.limits.default.per_minute, Some(60));
+        assert_eq!(
+            s.limits.tenants.get("big.example").map(|l| l.per_hour),
+            Some(Some(1000))
+        );
+        let e = with_file("[limits]\nmessages_per_minute = 0").expect_err("invalid");
+        assert_eq!(e.setting, "limits.messages_per_minute");
+        let e = with_file("[limits]\nper_minute = 3").expect_err("invalid");
+        assert_eq!(e.setting, "per_minute");
     }
 
     #[test]

@@ -42,9 +42,9 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Prometheus text of the engine's counters (empty if the loop does not answer).
-    pub fn metrics(&self) -> String {
-        self.ask(Msg::Metrics).unwrap_or_default()
+    /// What `/metrics` shows (`None` if the loop does not answer).
+    pub fn metrics(&self) -> Option<crate::metrics::Snapshot> {
+        self.ask(Msg::Metrics)
     }
 }
 

@@ -3,17 +3,22 @@
 // Parts of the API are used only by its tests.
 #[allow(dead_code)]
 mod api;
+mod cli;
 #[path = "cli/domains.rs"]
 mod cli_domains;
 mod config;
+mod demo;
 mod dkim;
 mod dns;
 mod gateway;
+mod metrics;
+mod ratelimit;
 mod runtime;
 mod smtp_conn;
 // Parts of the store are used only by the API and tests.
 #[allow(dead_code)]
 mod store;
+mod submission;
 mod tls;
 mod webhook;
 
@@ -35,12 +40,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Domains(args) => cli_domains::run(&args),
+        Command::Queue(a) => cli::run(|| cli::queue::run(&a)),
+        Command::Message(a) => cli::run(|| cli::message::show(&a)),
+        Command::Breakers(a) => cli::run(|| cli::breakers::list(&a)),
+        Command::Breaker(a) => cli::run(|| cli::breakers::force(&a)),
+        Command::Suppress(a) => cli::run(|| cli::suppress::run(&a)),
+        Command::Keys(a) => cli::run(|| cli::keys::run(&a)),
+        Command::Retry(a) => cli::run(|| cli::message::retry(&a)),
+        Command::Bounce(a) => cli::run(|| cli::message::bounce(&a)),
+        Command::Classify(a) => cli::run(|| cli::classify::run(&a)),
+        Command::Demo(a) => demo::run(&a),
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    // RUST_LOG wins over the config file's `log_level`; `info` otherwise.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -48,6 +64,47 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Starts SMTP submission if configured: its bound address, `None` when off (or when the
+/// default address is taken: the HTTP API alone still works).
+fn start_smtp(
+    settings: &Settings,
+    store: store::Store,
+    gateway: std::sync::Arc<dyn api::EngineGateway>,
+    limiter: std::sync::Arc<ratelimit::RateLimiter>,
+) -> Result<Option<std::net::SocketAddr>, ExitCode> {
+    let Some(listen) = &settings.smtp else {
+        return Ok(None);
+    };
+    let tls = match &settings.smtp_tls {
+        Some((cert, key)) => match submission::load_tls(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => return Err(config_error("smtp-tls-cert", e)),
+        },
+        None => None,
+    };
+    let sub = submission::SubmissionSettings {
+        hostname: settings.engine.hostname.clone(),
+        max_message_size: settings.engine.max_message_size,
+        max_recipients: settings.engine.max_recipients,
+        trusted: settings.trusted_networks.clone(),
+        tls,
+    };
+    match submission::start(listen.addr, sub, store, gateway, limiter) {
+        Ok(a) => {
+            tracing::info!(addr = %a, "SMTP submission listening");
+            Ok(Some(a))
+        }
+        Err(e) if !listen.explicit => {
+            tracing::warn!(error = %e, "SMTP submission disabled: the default address is not available (set --smtp)");
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start SMTP submission");
+            Err(ExitCode::from(EXIT_FAILURE))
+        }
     }
 }
 
@@ -71,7 +128,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return config_error(&e.setting, &e.reason),
     };
-    init_logging(settings.log_format);
+    init_logging(settings.log_format, settings.log_level.as_deref());
     let tls = match tls::TlsClient::new(settings.tls_ca_file.as_deref()) {
         Ok(t) => t,
         Err(e) => return config_error("tls-ca-file", e),
@@ -149,12 +206,23 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
     let gateway = std::sync::Arc::new(gateway::Gateway::new(handle.clone()));
     let metrics_gw = gateway.clone();
+    let metrics_store = store.clone();
+    let limiter = std::sync::Arc::new(ratelimit::RateLimiter::new(settings.limits.clone()));
+    let api_limiter = limiter.clone();
     let api_settings = api::ApiSettings {
+        rate_limiter: Some(std::sync::Arc::new(move |t, d| api_limiter.check(t, d))),
         allow_private_webhooks: settings.allow_private_webhooks,
-        metrics: Some(std::sync::Arc::new(move || metrics_gw.metrics())),
+        metrics: Some(std::sync::Arc::new(move || {
+            metrics_gw
+                .metrics()
+                .map(|s| metrics::render(&s, Some(&metrics_store)))
+                .unwrap_or_default()
+        })),
         domains: Some(domains),
         ..Default::default()
     };
+    let smtp_store = store.clone();
+    let smtp_gateway: std::sync::Arc<dyn api::EngineGateway> = gateway.clone();
     let api = match api::serve(
         &settings.http.to_string(),
         store,
@@ -168,8 +236,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let smtp = match start_smtp(&settings, smtp_store, smtp_gateway, limiter) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     tracing::info!(
         http = %api.local_addr(),
+        smtp = ?smtp,
         data = %settings.data_dir.display(),
         admin_key = settings.admin_key.is_some(),
         relay = ?settings.engine.relay.as_ref().map(|r| format!("{}:{}", r.host, r.port)),

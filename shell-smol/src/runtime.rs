@@ -39,8 +39,8 @@ pub enum Msg {
     Admin(AdminCommand, Sender<Result<AdminReply, AdminError>>),
     Breakers(Sender<Vec<BreakerView>>),
     Queue(Sender<Vec<QueueView>>),
-    /// Prometheus text for `GET /metrics`.
-    Metrics(Sender<String>),
+    /// What `GET /metrics` shows.
+    Metrics(Sender<crate::metrics::Snapshot>),
     /// SIGTERM/SIGINT: stop intake, drain, exit.
     Shutdown,
 }
@@ -68,6 +68,7 @@ pub struct Runtime {
     batches: HashSet<BatchId>,
     accepting: Arc<AtomicBool>,
     draining: Option<Instant>,
+    counters: crate::metrics::Counters,
 }
 
 /// Handles for the rest of the daemon.
@@ -126,6 +127,7 @@ impl Runtime {
             batches: HashSet::new(),
             accepting: accepting.clone(),
             draining: None,
+            counters: crate::metrics::Counters::default(),
         };
         rt.drain_outputs();
         Ok((rt, LoopHandle { tx, accepting }))
@@ -239,7 +241,16 @@ impl Runtime {
                 return;
             }
             Msg::Metrics(reply) => {
-                let _ = reply.try_send(self.metrics());
+                let snapshot = self.counters.snapshot(
+                    self.engine.stats(),
+                    self.engine.queue(),
+                    self.engine.breakers(t),
+                    self.engine.webhook_backlog(),
+                    self.engine.pending_recipients(),
+                    self.conns.len(),
+                    self.draining.is_some(),
+                );
+                let _ = reply.try_send(snapshot);
                 return;
             }
             Msg::Shutdown => {
@@ -259,72 +270,6 @@ impl Runtime {
         self.drain_outputs();
     }
 
-    fn metrics(&self) -> String {
-        let s = self.engine.stats();
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
-            out.push_str(&format!(
-                "# HELP outpost_{name} {help}\n# TYPE outpost_{name} counter\noutpost_{name} {v}\n"
-            ));
-        };
-        counter(
-            "accepted_messages_total",
-            "Messages accepted.",
-            s.accepted_messages,
-        );
-        counter(
-            "rejected_submissions_total",
-            "Submissions refused.",
-            s.rejected_submissions,
-        );
-        counter(
-            "delivery_attempts_total",
-            "Recipient delivery attempts.",
-            s.attempts,
-        );
-        counter("delivered_total", "Recipients delivered.", s.delivered);
-        counter("deferred_total", "Recipient attempts deferred.", s.deferred);
-        counter("bounced_total", "Recipients bounced.", s.bounced);
-        counter("failed_total", "Recipients failed.", s.failed);
-        counter("suppressed_total", "Recipients suppressed.", s.suppressed);
-        counter(
-            "persist_failures_total",
-            "Store batches that failed.",
-            s.persist_failures,
-        );
-        counter(
-            "breaker_opened_total",
-            "Circuit breakers opened.",
-            s.breaker_opened,
-        );
-        counter(
-            "connections_opened_total",
-            "SMTP connections opened.",
-            s.connections_opened,
-        );
-        let mut gauge = |name: &str, help: &str, v: usize| {
-            out.push_str(&format!(
-                "# HELP outpost_{name} {help}\n# TYPE outpost_{name} gauge\noutpost_{name} {v}\n"
-            ));
-        };
-        gauge(
-            "pending_recipients",
-            "Recipients not yet terminal.",
-            self.engine.pending_recipients(),
-        );
-        gauge(
-            "open_connections",
-            "Outbound SMTP connections open.",
-            self.conns.len(),
-        );
-        gauge(
-            "draining",
-            "1 while shutting down.",
-            usize::from(self.draining.is_some()),
-        );
-        out
-    }
-
     fn request_id(&mut self) -> RequestId {
         let id = RequestId(self.next_request);
         self.next_request += 1;
@@ -340,8 +285,18 @@ impl Runtime {
             Input::ConnectFailed { conn, .. }
             | Input::TlsFailed { conn, .. }
             | Input::Disconnected { conn, .. } => self.conns.remove(conn).is_some(),
-            Input::Persisted { batch } | Input::PersistFailed { batch, .. } => {
+            Input::Persisted { batch } => {
                 self.batches.remove(batch);
+                self.counters.on_batch_done(*batch, true);
+                true
+            }
+            Input::PersistFailed { batch, .. } => {
+                self.batches.remove(batch);
+                self.counters.on_batch_done(*batch, false);
+                true
+            }
+            Input::WebhookResult { result, .. } => {
+                self.counters.on_webhook_result(result);
                 true
             }
             _ => true,
@@ -365,6 +320,8 @@ impl Runtime {
         match out {
             Output::Persist { batch, ops } => {
                 tracing::debug!(batch = batch.0, ops = ops.len(), "persist");
+                log_attempts(&ops);
+                self.counters.on_persist(batch, &ops);
                 self.batches.insert(batch);
                 match &self.writer {
                     Some(w) => w.submit(batch, ops),
@@ -509,6 +466,30 @@ impl Runtime {
                 })
                 .detach();
             }
+        }
+    }
+}
+
+/// One INFO line per delivery attempt, as it is written to the timeline. Ids, codes and
+/// the category only: no addresses, and no reply text (it often quotes the address).
+fn log_attempts(ops: &[outpost_core::model::StoreOp]) {
+    for op in ops {
+        if let outpost_core::model::StoreOp::InsertAttempt(a) = op {
+            tracing::info!(
+                message_id = %a.message,
+                rcpt = a.idx,
+                attempt = a.attempt,
+                status = ?a.status,
+                stage = a.stage.as_str(),
+                code = a.smtp_code,
+                enhanced = a.enhanced_code.as_deref(),
+                category = a.category.as_str(),
+                rule = %a.rule,
+                mx = a.mx.as_deref(),
+                duration_ms = a.duration_ms,
+                breaker_failure = a.breaker_failure,
+                "delivery attempt"
+            );
         }
     }
 }

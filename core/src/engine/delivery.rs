@@ -3,7 +3,8 @@
 //! them. Recipients of one message and one domain go in one transaction.
 
 use core::net::IpAddr;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use crate::breaker::{Admission, Breaker, BreakerState};
 use crate::classify::{Category, ReplyContext};
@@ -22,6 +23,9 @@ use crate::time::Time;
 use super::outcome::AttemptOutcome;
 use super::{Engine, Timer};
 
+/// The window of `DomainPolicy::messages_per_minute`.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Dest {
     /// Recipients due now, per message (oldest message first: ids sort by time).
@@ -30,6 +34,9 @@ pub(crate) struct Dest {
     pub route: Route,
     pub breaker: Breaker,
     pub timer_at: Option<Time>,
+    /// Start times of the transactions of the last minute, kept only for a destination
+    /// with `messages_per_minute`.
+    pub sent: VecDeque<Time>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -166,13 +173,20 @@ impl Engine {
             if dest.ready.is_empty() {
                 return;
             }
+            if let Some(until) = self.rate_wait(now, domain) {
+                self.arm_dest_timer(domain, until);
+                return;
+            }
+            let Some(dest) = self.dests.get(domain) else {
+                return;
+            };
             let idle = dest
                 .conns
                 .iter()
                 .copied()
                 .find(|c| self.conns.get(c).is_some_and(|c| c.is_idle()));
             if let Some(conn) = idle {
-                match self.take_work(now, domain) {
+                match self.take_sendable(now, domain) {
                     Some(txn) => {
                         self.assign(now, conn, txn);
                         continue;
@@ -211,7 +225,7 @@ impl Engine {
                 }
                 None => return,
             };
-            let Some(txn) = self.take_work(now, domain) else {
+            let Some(txn) = self.take_sendable(now, domain) else {
                 return;
             };
             if probe {
@@ -234,6 +248,39 @@ impl Engine {
             self.clear_timer(old, &Timer::Dest(domain.to_string()));
         }
         self.set_timer(until, Timer::Dest(domain.to_string()));
+    }
+
+    /// When the destination has used its `messages_per_minute` (one message = one
+    /// transaction): the time the oldest counted one leaves the sliding minute.
+    fn rate_wait(&mut self, now: Time, domain: &str) -> Option<Time> {
+        let limit = self.cfg.domains.get(domain)?.messages_per_minute?;
+        let d = self.dests.get_mut(domain)?;
+        while d.sent.front().is_some_and(|t| now.since(*t) >= RATE_WINDOW) {
+            d.sent.pop_front();
+        }
+        if d.sent.len() >= limit as usize {
+            d.sent.front().map(|t| t.plus(RATE_WINDOW))
+        } else {
+            None
+        }
+    }
+
+    /// [`take_work`](Self::take_work) for a transaction that will be sent: `None` while
+    /// the destination's message rate is used up; counts the transaction otherwise.
+    fn take_sendable(&mut self, now: Time, domain: &str) -> Option<Txn> {
+        if self.rate_wait(now, domain).is_some() {
+            return None;
+        }
+        let txn = self.take_work(now, domain)?;
+        let limited = self
+            .cfg
+            .domains
+            .get(domain)
+            .is_some_and(|p| p.messages_per_minute.is_some());
+        if limited {
+            self.dest_mut(domain).sent.push_back(now);
+        }
+        Some(txn)
     }
 
     /// Takes the oldest ready message's recipients (up to the per-transaction limit) and
@@ -1122,7 +1169,7 @@ impl Engine {
         let limit = self.cfg.destination.max_messages_per_connection;
         let can_take = !self.draining && c.sent < limit;
         let work = if can_take {
-            self.take_work(now, &domain)
+            self.take_sendable(now, &domain)
         } else {
             None
         };

@@ -252,6 +252,11 @@ impl Engine {
         self.draining && self.conns.is_empty()
     }
 
+    /// Webhook deliveries not yet done (pending, retrying or in flight), for metrics.
+    pub fn webhook_backlog(&self) -> usize {
+        self.webhooks.pending_len()
+    }
+
     /// Store batches not yet acknowledged.
     pub fn unpersisted_batches(&self) -> usize {
         self.batches.len()

@@ -1464,4 +1464,35 @@ fn a_signing_failure_refuses_the_submission_and_stores_nothing() {
     w.run_for(10 * MIN);
     assert!(w.connects.is_empty(), "nothing may be sent unsigned");
     assert_eq!(w.engine.pending_recipients(), 0);
+#[test]
+fn messages_per_minute_shapes_a_destination() {
+    let mut cfg = Config::default();
+    cfg.domains.insert(
+        "example.org".into(),
+        crate::config::DomainPolicy {
+            messages_per_minute: Some(2),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with_config(cfg, 42);
+    for i in 0..5 {
+        w.submit_to(&[&format!("user{i}@example.org")]);
+    }
+    w.run_for(Duration::from_secs(30));
+    assert_eq!(w.delivered.len(), 2, "{:#?}", w.log);
+    w.run_for(Duration::from_secs(35));
+    assert_eq!(w.delivered.len(), 4);
+    w.run_for(MIN);
+    assert_eq!(w.delivered.len(), 5);
+    // No sliding minute ever held more than two transactions.
+    let starts: Vec<Time> = w.attempts().iter().map(|a| a.started_at).collect();
+    for (i, t) in starts.iter().enumerate() {
+        let in_window = starts[i..]
+            .iter()
+            .filter(|u| u.since(*t) < Duration::from_secs(60))
+            .count();
+        assert!(in_window <= 2, "{starts:?}");
+    }
+    // Every recipient was delivered on its first attempt: shaping is not a failure.
+    assert!(w.attempts().iter().all(|a| a.attempt == 1));
 }

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (429 from the rate limiter).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code: code.to_string(),
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
     pub fn field(mut self, field: &str) -> ApiError {

@@ -8,6 +8,7 @@
 mod domains;
 pub mod gateway;
 mod http;
+mod ops_routes;
 mod routes;
 mod validate;
 
@@ -26,8 +27,9 @@ use crate::store::Store;
 use crate::store::query::Tenant;
 use http::ApiError;
 
-/// Decides whether a tenant's request may proceed now (false: HTTP 429).
-pub type RateLimiter = Arc<dyn Fn(TenantId) -> bool + Send + Sync>;
+/// Takes one message from the tenant's (id, domain) allowance: `Err(seconds)` when over
+/// the limit (HTTP 429 with `Retry-After: seconds`).
+pub type RateLimiter = Arc<dyn Fn(TenantId, &str) -> Result<(), u64> + Send + Sync>;
 
 /// Renders the Prometheus text exposition for `GET /metrics`.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
@@ -221,9 +223,9 @@ impl Reply {
 fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
     let started = Instant::now();
     let (route, result) = routes::dispatch(ctx, &mut req);
-    let (status, body) = match result {
-        Ok(r) => (r.status, r.body),
-        Err(e) => (e.status, Body::Json(e.body())),
+    let (status, body, retry_after) = match result {
+        Ok(r) => (r.status, r.body, None),
+        Err(e) => (e.status, Body::Json(e.body()), e.retry_after),
     };
     let (bytes, content_type): (Vec<u8>, &[u8]) = match body {
         Body::Json(b) => {
@@ -236,6 +238,11 @@ fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
     };
     let mut response = tiny_http::Response::from_data(bytes).with_status_code(status);
     if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type) {
+        response.add_header(h);
+    }
+    if let Some(secs) = retry_after
+        && let Ok(h) = tiny_http::Header::from_bytes(&b"Retry-After"[..], secs.to_string())
+    {
         response.add_header(h);
     }
     if status == 413
@@ -285,7 +292,7 @@ pub(crate) fn authenticate(ctx: &Ctx, req: &tiny_http::Request) -> Result<Caller
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -18,7 +18,7 @@ use tiny_http::{Method, Request};
 use super::http::{
     ApiError, Query, deny_unknown, header, opt_field, parse_object, read_body, req_field, split_url,
 };
-use super::{Body, Caller, Ctx, Reply, authenticate, hash_key, hex, validate};
+use super::{Body, Caller, Ctx, Reply, authenticate, hash_key, hex, ops_routes, validate};
 use crate::store::query::{self, Tenant};
 
 type Res = Result<Reply, ApiError>;
@@ -79,7 +79,29 @@ pub(crate) fn dispatch(ctx: &Ctx, req: &mut Request) -> (&'static str, Res) {
             "domains.dkim.retire",
             super::domains::retire_dkim(ctx, req, q, d, sel),
         ),
-        (_, path) if known_path(path) => (
+        (Get, ["v1", "admin", "messages", id]) => (
+            "admin.messages.get",
+            ops_routes::get_message(ctx, req, q, id),
+        ),
+        (Post, ["v1", "admin", "messages", id, "retry"]) => {
+            ("admin.messages.retry", ops_routes::retry(ctx, req, q, id))
+        }
+        (Post, ["v1", "admin", "messages", id, "cancel"]) => {
+            ("admin.messages.cancel", ops_routes::cancel(ctx, req, q, id))
+        }
+        (Get, ["v1", "admin", "suppressions"]) => (
+            "admin.suppressions.list",
+            ops_routes::list_suppressions(ctx, req, q),
+        ),
+        (Post, ["v1", "admin", "suppressions"]) => (
+            "admin.suppressions.add",
+            ops_routes::add_suppression(ctx, req, q),
+        ),
+        (Delete, ["v1", "admin", "suppressions", a]) => (
+            "admin.suppressions.remove",
+            ops_routes::remove_suppression(ctx, req, q, a),
+        ),
+        (_, path) if known_path(path) || ops_routes::known_path(path) => (
             "method_not_allowed",
             Err(ApiError::new(
                 405,
@@ -134,24 +156,33 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, ApiError> {
     Ok(buf)
 }
 
-/// A tenant's key (the admin key cannot act as a tenant), subject to rate limiting.
-fn tenant(ctx: &Ctx, req: &Request) -> Result<Tenant, ApiError> {
+/// A tenant's key (the admin key cannot act as a tenant).
+pub(super) fn tenant(ctx: &Ctx, req: &Request) -> Result<Tenant, ApiError> {
     match authenticate(ctx, req)? {
         Caller::Admin => Err(ApiError::forbidden(
             "the admin key manages tenants; use a tenant key",
         )),
-        Caller::Tenant(t) => {
-            if let Some(limit) = &ctx.settings.rate_limiter
-                && !limit(t.id)
-            {
-                return Err(ApiError::new(429, "rate_limited", "too many requests"));
-            }
-            Ok(t)
-        }
+        Caller::Tenant(t) => Ok(t),
     }
 }
 
-fn admin(ctx: &Ctx, req: &Request) -> Result<(), ApiError> {
+/// The tenant's message rate (limits count messages, so only submissions ask).
+fn rate_limit(ctx: &Ctx, t: &Tenant) -> Result<(), ApiError> {
+    if let Some(limit) = &ctx.settings.rate_limiter
+        && let Err(retry_after) = limit(t.id, &t.domain)
+    {
+        let mut e = ApiError::new(
+            429,
+            "rate_limited",
+            format!("message rate limit reached; retry in {retry_after} s"),
+        );
+        e.retry_after = Some(retry_after);
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub(super) fn admin(ctx: &Ctx, req: &Request) -> Result<(), ApiError> {
     match authenticate(ctx, req)? {
         Caller::Admin => Ok(()),
         Caller::Tenant(_) => Err(ApiError::forbidden("this route needs the admin key")),
@@ -159,7 +190,7 @@ fn admin(ctx: &Ctx, req: &Request) -> Result<(), ApiError> {
 }
 
 /// State-changing routes answer 503 while the daemon shuts down.
-fn accepting(ctx: &Ctx) -> Result<(), ApiError> {
+pub(super) fn accepting(ctx: &Ctx) -> Result<(), ApiError> {
     if ctx.gateway.accepting() {
         Ok(())
     } else {
@@ -171,7 +202,7 @@ fn accepting(ctx: &Ctx) -> Result<(), ApiError> {
     }
 }
 
-fn admin_error(e: AdminError) -> ApiError {
+pub(super) fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::NotFound => ApiError::not_found(),
         AdminError::Invalid(m) => ApiError::new(422, "invalid", m),
@@ -182,12 +213,15 @@ fn admin_error(e: AdminError) -> ApiError {
     }
 }
 
-fn json_body(ctx: &Ctx, req: &mut Request) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn json_body(
+    ctx: &Ctx,
+    req: &mut Request,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
     let body = read_body(req, ctx.settings.max_body_bytes)?;
     parse_object(&body)
 }
 
-fn opt_time(t: Option<Time>) -> Value {
+pub(super) fn opt_time(t: Option<Time>) -> Value {
     t.map_or(Value::Null, |t| json!(t.rfc3339()))
 }
 
@@ -243,6 +277,7 @@ fn send(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
+    rate_limit(ctx, &t)?;
     let idempotency_key = match header(req, "Idempotency-Key") {
         None => None,
         Some(k) if validate::idempotency_key(k) => Some(k.to_string()),
@@ -302,6 +337,7 @@ fn send(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
             code: e.code,
             message: e.message,
             field: e.field,
+            retry_after: None,
         }),
     }
 }
@@ -310,7 +346,7 @@ fn parse_message_status(s: &str) -> Option<MessageStatus> {
     serde_json::from_value(Value::String(s.to_string())).ok()
 }
 
-fn message_summary(m: &MessageRecord) -> Value {
+pub(super) fn message_summary(m: &MessageRecord) -> Value {
     json!({
         "id": m.id.to_string(),
         "message_id": format!("<{}>", m.message_id_header),
@@ -363,7 +399,15 @@ fn get_message(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
         .store
         .read(|c| query::get_message(c, t.id, id))?
         .ok_or_else(ApiError::not_found)?;
-    let mut body = message_summary(&m);
+    Ok(Reply::json(200, message_detail(&m, &attempts)))
+}
+
+/// A message with its recipients and attempt timeline (`GET /v1/messages/{id}`).
+pub(super) fn message_detail(
+    m: &MessageRecord,
+    attempts: &[outpost_core::model::AttemptRecord],
+) -> Value {
+    let mut body = message_summary(m);
     body["recipients"] = json!(
         m.recipients
             .iter()
@@ -398,7 +442,7 @@ fn get_message(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
             }))
             .collect::<Vec<_>>()
     );
-    Ok(Reply::json(200, body))
+    body
 }
 
 // ---- events ----
@@ -422,8 +466,13 @@ fn list_events(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
 
 // ---- suppressions ----
 
-fn list_suppressions(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
+fn list_suppressions(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
+    suppressions_page(ctx, &t, q)
+}
+
+/// One page of a tenant's suppression list (tenant route and admin route).
+pub(super) fn suppressions_page(ctx: &Ctx, t: &Tenant, mut q: Query) -> Res {
     let limit = q.limit(100, 1000)?;
     let cursor = q.take("cursor");
     q.finish()?;
@@ -462,6 +511,11 @@ fn add_suppression(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
+    suppress(ctx, req, &t)
+}
+
+/// Adds the body's address to a tenant's suppression list (tenant route and admin route).
+pub(super) fn suppress(ctx: &Ctx, req: &mut Request, t: &Tenant) -> Res {
     let mut map = json_body(ctx, req)?;
     deny_unknown(&map, &["address", "reason"])?;
     let address: String = req_field(&mut map, "address")?;
@@ -491,6 +545,11 @@ fn remove_suppression(ctx: &Ctx, req: &mut Request, q: Query, address: &str) -> 
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
+    unsuppress(ctx, &t, address)
+}
+
+/// Removes an address from a tenant's suppression list (tenant route and admin route).
+pub(super) fn unsuppress(ctx: &Ctx, t: &Tenant, address: &str) -> Res {
     let address = validate::address(address).ok_or_else(ApiError::not_found)?;
     if !ctx
         .store

@@ -828,10 +828,19 @@ fn events_suppressions_webhooks_and_admin() {
 #[test]
 fn rate_limit_hook_answers_429() {
     let h = harness_with(ApiSettings {
-        rate_limiter: Some(Arc::new(|_| false)),
+        rate_limiter: Some(Arc::new(|_, _| Err(7))),
         ..ApiSettings::default()
     });
     let key = h.new_key("example.com");
-    let (s, v) = h.get("/v1/messages", &key);
+    // Reads are not messages: only submissions count.
+    let (s, _) = h.get("/v1/messages", &key);
+    assert_eq!(s, 200);
+    let (s, v) = h.call(
+        "POST",
+        "/v1/messages",
+        Some(&key),
+        Some(r#"{"from":"a@example.com","to":["b@dest.example"],"text":"x"}"#),
+    );
     assert_eq!((s, code(&v)), (429, "rate_limited"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("7 s"));
 }

@@ -98,6 +98,20 @@ pub fn tenant_by_domain(conn: &mut Connection, domain: &str) -> Result<Option<Te
         .optional()?)
 }
 
+/// All tenants, by id (for metrics labels).
+pub fn tenants(conn: &mut Connection) -> Result<Vec<Tenant>, StoreError> {
+    let rows = conn
+        .prepare_cached("SELECT id, domain FROM tenants ORDER BY id")?
+        .query_map([], |r| {
+            Ok(Tenant {
+                id: TenantId(u64_from_sql(r.get(0)?)),
+                domain: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 const MESSAGE_COLUMNS: &str = "id, tenant_id, source, message_id_header, mail_from, subject, \
      tags, size, smtputf8, eight_bit, created_at, expires_at";
 
@@ -196,13 +210,30 @@ pub fn get_message(
     tenant: TenantId,
     id: MessageId,
 ) -> Result<Option<(MessageRecord, Vec<AttemptRecord>)>, StoreError> {
+    get_message_scoped(conn, Some(tenant), id)
+}
+
+/// Like [`get_message`], for the admin: any tenant's message (`tenant: None`).
+pub fn get_message_scoped(
+    conn: &mut Connection,
+    tenant: Option<TenantId>,
+    id: MessageId,
+) -> Result<Option<(MessageRecord, Vec<AttemptRecord>)>, StoreError> {
     let idstr = id.to_string();
-    let msg = conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND tenant_id = ?2"
-        ))?
-        .query_row(params![idstr, u64_to_sql(tenant.0)], message_row)
-        .optional()?;
+    let msg = match tenant {
+        Some(tenant) => conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND tenant_id = ?2"
+            ))?
+            .query_row(params![idstr, u64_to_sql(tenant.0)], message_row)
+            .optional()?,
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
+            ))?
+            .query_row(params![idstr], message_row)
+            .optional()?,
+    };
     let Some(msg) = msg else { return Ok(None) };
     let mut msgs = [msg];
     attach_recipients(conn, &mut msgs)?;

@@ -105,6 +105,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = match conn.as_mut() {
             Some(conn) => commit_group(conn, data_dir, batches),
             None => batches
@@ -112,6 +113,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
                 .map(|(id, _)| (id, Err("store is not open".to_string())))
                 .collect(),
         };
+        crate::metrics::STORE_COMMIT.observe(started.elapsed());
         for r in results {
             let _ = done.try_send(r);
         }
