@@ -1464,6 +1464,8 @@ fn a_signing_failure_refuses_the_submission_and_stores_nothing() {
     w.run_for(10 * MIN);
     assert!(w.connects.is_empty(), "nothing may be sent unsigned");
     assert_eq!(w.engine.pending_recipients(), 0);
+}
+
 #[test]
 fn messages_per_minute_shapes_a_destination() {
     let mut cfg = Config::default();
