@@ -26,8 +26,8 @@ fi
 
 fuzz_seconds="${OUTPOST_FUZZ_SECONDS:-30}"
 if [ -x scripts/fuzz.sh ] && [ "$fuzz_seconds" != 0 ]; then
-  step "fuzz smoke (${fuzz_seconds}s per target)"
-  scripts/fuzz.sh "$fuzz_seconds"
+  step "fuzz smoke (${fuzz_seconds}s per target, fixed seed)"
+  OUTPOST_FUZZ_SEED="${OUTPOST_FUZZ_SEED:-1}" scripts/fuzz.sh "$fuzz_seconds"
 fi
 
 step "tests"

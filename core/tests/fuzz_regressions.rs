@@ -228,3 +228,71 @@ fn prepared_envelopes_are_writable_by_the_client() {
     }
     assert!(refused.is_empty(), "accepted but unwritable: {refused:?}");
 }
+
+/// Found by `intake` (CI's 30 s run): a raw message whose Message-ID is made of control
+/// characters was kept and sanitized to an empty Message-ID. It is refused now.
+#[test]
+fn raw_message_id_of_controls_is_refused() {
+    let limits = IntakeLimits {
+        max_message_size: 1 << 20,
+        max_recipients: 10,
+    };
+    let data =
+        b"From: App <app@example.com>\nTo: a@example.org\nMessage-ID:\x1c\n\nhello\n".to_vec();
+    let sub = outpost_core::io::Submission {
+        request: RequestId(1),
+        tenant: outpost_core::TenantId(1),
+        tenant_domain: "example.com".into(),
+        source: outpost_core::model::Source::Api,
+        idempotency_key: None,
+        content: outpost_core::io::SubmissionContent::Raw {
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec!["a@example.org".into()],
+            data,
+            smtputf8: false,
+        },
+    };
+    let err = prepare(&sub, MessageId(1), T0, &limits)
+        .err()
+        .map(|e| e.code);
+    assert_eq!(err.as_deref(), Some("invalid_message_id"));
+}
+
+/// Found by `intake` with a fixed seed: a header line with an empty field name
+/// (`:Message-ID: <x>`) was read by the lenient parser as a Message-ID, so none was added
+/// and the message went out without one. Malformed header lines are refused now.
+#[test]
+fn raw_malformed_header_line_is_refused() {
+    let limits = IntakeLimits {
+        max_message_size: 1 << 20,
+        max_recipients: 10,
+    };
+    for data in [
+        &b"From: App <app@example.com>\n:Message-ID: <a@b>\n\nhi\n"[..],
+        &b"From: App <app@example.com>\nTo\xa2: a@example.org\n\nhi\n"[..],
+        &b"From: App <app@example.com>\nno colon here\n\nhi\n"[..],
+    ] {
+        let sub = outpost_core::io::Submission {
+            request: RequestId(1),
+            tenant: outpost_core::TenantId(1),
+            tenant_domain: "example.com".into(),
+            source: outpost_core::model::Source::Api,
+            idempotency_key: None,
+            content: outpost_core::io::SubmissionContent::Raw {
+                mail_from: "app@example.com".into(),
+                rcpt_to: vec!["a@example.org".into()],
+                data: data.to_vec(),
+                smtputf8: false,
+            },
+        };
+        let err = prepare(&sub, MessageId(1), T0, &limits)
+            .err()
+            .map(|e| e.code);
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid_header"),
+            "{:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+}

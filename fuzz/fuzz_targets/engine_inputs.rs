@@ -676,7 +676,25 @@ impl World {
             "batch {batch:?} re-emitted after it was acknowledged"
         );
         if let Some((_, first)) = self.batch_first.get(&batch) {
-            assert_eq!(first, &ops, "a retried batch changed");
+            // A retried batch is the same except for its events' sequence numbers: they
+            // are renumbered so that the outbox stays in seq order (each new seq is still
+            // above every seq emitted before).
+            assert_eq!(
+                without_seqs(first),
+                without_seqs(&ops),
+                "a retried batch changed beyond renumbering"
+            );
+            for op in &ops {
+                if let StoreOp::InsertEvent(e) = op {
+                    assert!(
+                        e.seq > self.last_seq,
+                        "(c) renumbered seq {} after {}",
+                        e.seq,
+                        self.last_seq
+                    );
+                    self.last_seq = e.seq;
+                }
+            }
             self.batches.insert(batch, ops);
             return;
         }
@@ -1533,3 +1551,23 @@ fuzz_target!(|s: Scenario| {
     w.finish();
     let _ = VecDeque::<u8>::new();
 });
+
+/// A batch's ops with event sequence numbers blanked (in the record, its payload and the
+/// webhook delivery rows): what must not change when a failed batch is retried.
+fn without_seqs(ops: &[StoreOp]) -> Vec<StoreOp> {
+    ops.iter()
+        .cloned()
+        .map(|op| match op {
+            StoreOp::InsertEvent(mut e) => {
+                e.payload = outpost_core::events::with_seq(&e.payload, 0).into();
+                e.seq = 0;
+                StoreOp::InsertEvent(e)
+            }
+            StoreOp::UpsertWebhookDelivery(mut d) => {
+                d.event_seq = 0;
+                StoreOp::UpsertWebhookDelivery(d)
+            }
+            other => other,
+        })
+        .collect()
+}

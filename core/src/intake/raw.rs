@@ -87,6 +87,8 @@ pub(super) fn raw(
         ));
     }
 
+    check_header_section(&normalized)?;
+
     let parsed = MessageParser::default().parse(&normalized).ok_or_else(|| {
         SubmitError::invalid(
             "raw",
@@ -148,7 +150,12 @@ pub(super) fn raw(
     recipients.check_count(limits, to_field)?;
 
     let message_id = if has(HeaderName::MessageId) {
-        let Some(mid) = parsed.message_id().filter(|m| !m.is_empty()) else {
+        // A Message-ID is a msg-id (RFC 5322 3.6.4): no controls, no white space. One
+        // made of controls would otherwise sanitize to nothing.
+        let Some(mid) = parsed
+            .message_id()
+            .filter(|m| !m.is_empty() && !m.chars().any(|c| c.is_control() || c.is_whitespace()))
+        else {
             return Err(SubmitError::invalid(
                 "raw",
                 "invalid_message_id",
@@ -211,4 +218,36 @@ pub(super) fn raw(
         eight_bit,
         request_hash: String::new(),
     })
+}
+
+/// The header section (up to the first empty line) must be RFC 5322 fields: a line either
+/// starts a field (`name:`, the name printable ASCII without ':'; white space before the
+/// colon is obsolete syntax and tolerated) or continues the previous one (leading space or
+/// tab). A lenient parser reads malformed lines in surprising ways (`:Message-ID: <x>` as a
+/// Message-ID that no receiver will see), so such messages are refused.
+fn check_header_section(message: &[u8]) -> Result<(), SubmitError> {
+    let bad = |n: usize, what: &str| {
+        SubmitError::invalid(
+            "raw",
+            "invalid_header",
+            format!("header line {} {what}", n + 1),
+        )
+    };
+    for (n, line) in message.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.first() {
+            None => return Ok(()),
+            Some(b' ' | b'\t') if n == 0 => return Err(bad(n, "continues no header field")),
+            Some(b' ' | b'\t') => continue,
+            Some(_) => {}
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(bad(n, "is not a header field (no ':')"));
+        };
+        let name = line[..colon].trim_ascii_end();
+        if name.is_empty() || !name.iter().all(|b| (33..=126).contains(b)) {
+            return Err(bad(n, "has an invalid field name"));
+        }
+    }
+    Ok(())
 }
