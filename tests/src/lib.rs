@@ -1,1 +1,6 @@
 //! Helpers for the end-to-end tests.
+
+pub mod daemon;
+pub mod dnsmasq;
+pub mod pki;
+pub mod sinks;
