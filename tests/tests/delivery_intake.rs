@@ -29,6 +29,9 @@ fn send_log(d: &Daemon, key: &str) -> Vec<Value> {
     v["data"].as_array().cloned().expect("data")
 }
 
+/// (what, API key, body, HTTP status, error code (empty: any), the field named)
+struct Case<'a>(&'a str, &'a str, Vec<u8>, u16, &'a str, Option<&'a str>);
+
 #[test]
 fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
     let dir = scratch_dir("intake");
@@ -47,9 +50,8 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
     };
     let oversize = with("text", json!("x".repeat(11 * 1024 * 1024)));
 
-    // (what, key, body, status, error code, field)
-    let table: Vec<(&str, &str, Vec<u8>, u16, &str, Option<&str>)> = vec![
-        (
+    let table: Vec<Case> = vec![
+        Case(
             "malformed JSON",
             &key,
             b"{\"from\": ".to_vec(),
@@ -57,8 +59,8 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "invalid_json",
             None,
         ),
-        ("not an object", &key, b"[1,2]".to_vec(), 400, "", None),
-        (
+        Case("not an object", &key, b"[1,2]".to_vec(), 400, "", None),
+        Case(
             "over the 10 MiB limit",
             &key,
             oversize,
@@ -66,7 +68,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "payload_too_large",
             None,
         ),
-        (
+        Case(
             "CRLF in the subject",
             &key,
             with("subject", json!("hi\r\nBcc: victim@else.example")),
@@ -74,7 +76,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "header_injection",
             Some("subject"),
         ),
-        (
+        Case(
             "CRLF in a header value",
             &key,
             with(
@@ -85,7 +87,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "header_injection",
             Some("headers.X-Campaign"),
         ),
-        (
+        Case(
             "CRLF in a recipient",
             &key,
             with(
@@ -96,7 +98,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "header_injection",
             Some("to[0]"),
         ),
-        (
+        Case(
             "no @",
             &key,
             with("to", json!(["not-an-address"])),
@@ -104,7 +106,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "invalid_address",
             Some("to[0]"),
         ),
-        (
+        Case(
             "non-ASCII domain that is not a valid IDN",
             &key,
             with("to", json!(["user@bü_cher.example"])),
@@ -112,7 +114,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "invalid_domain",
             Some("to[0]"),
         ),
-        (
+        Case(
             "non-ASCII local part with a space",
             &key,
             with("to", json!(["jo sé@dest.example"])),
@@ -120,7 +122,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "invalid_local_part",
             Some("to[0]"),
         ),
-        (
+        Case(
             "invalid cc",
             &key,
             with("cc", json!(["a@b..example"])),
@@ -128,7 +130,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "invalid_domain",
             Some("cc[0]"),
         ),
-        (
+        Case(
             "a sender outside the key's domain",
             &key,
             with("from", json!("app@other.example")),
@@ -136,7 +138,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             "sender_domain_not_allowed",
             Some("from"),
         ),
-        (
+        Case(
             "an unknown key",
             "op_not_a_real_key",
             ok.to_string().into_bytes(),
@@ -145,7 +147,7 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
             None,
         ),
     ];
-    for (what, k, body, status, code, field) in &table {
+    for Case(what, k, body, status, code, field) in &table {
         let (s, text) =
             http("POST", &url, Some(k), Some(body)).unwrap_or_else(|e| panic!("{what}: {e}"));
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
