@@ -193,8 +193,22 @@ impl Dns {
                     SmolRuntime::default(),
                 )
             }
-            None => Resolver::builder(SmolRuntime::default())
-                .map_err(|e| format!("system DNS configuration: {e}"))?,
+            None => match Resolver::builder(SmolRuntime::default()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // No usable resolv.conf (missing, or no `nameserver` line, as in a
+                    // container without networking). Do what the C library does
+                    // (resolv.conf(5)): ask a resolver on this machine. The daemon still
+                    // starts and takes mail; a wrong guess only defers deliveries.
+                    tracing::warn!(error = %e, "no usable system DNS configuration; using 127.0.0.1:53 (set --dns to choose)");
+                    Resolver::builder_with_config(
+                        ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(
+                            std::net::Ipv4Addr::LOCALHOST.into(),
+                        )]),
+                        SmolRuntime::default(),
+                    )
+                }
+            },
         };
         let opts = builder.options_mut();
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
