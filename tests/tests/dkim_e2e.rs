@@ -1,6 +1,7 @@
 //! DKIM end to end, against real peers: the real `outpost serve`, dnsmasq serving the
 //! published records on a loopback port, an aiosmtpd sink storing the exact bytes it got,
-//! and dkimpy verifying them with the keys it looks up in dnsmasq.
+//! and dkimpy verifying them with the keys it looks up in dnsmasq. Messages come in over
+//! the HTTP API and over SMTP submission (Python smtplib).
 //!
 //! Needs dnsmasq, python3 with dkimpy, dnspython and aiosmtpd (scripts/install-test-deps.sh).
 //! Skipped when they are missing, except under CI.
@@ -309,6 +310,26 @@ impl Drop for Daemon {
     }
 }
 
+// ---- SMTP submission ----
+
+/// Submits the message in `eml` to the daemon's SMTP listener with Python's smtplib
+/// (AUTH as `user`/`password`, SMTPUTF8 and BODY=8BITMIME) and returns the replies.
+fn smtp_submit(port: u16, user: &str, password: &str, from: &str, to: &str, eml: &Path) -> Value {
+    let out = Command::new("python3")
+        .arg(py("smtp_submit.py"))
+        .args(["127.0.0.1", &port.to_string(), user, password, from, to])
+        .arg(eml)
+        .output()
+        .expect("run smtp_submit.py");
+    assert!(
+        out.status.success(),
+        "smtp_submit.py failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
 // ---- verification ----
 
 #[derive(Debug, Clone)]
@@ -449,6 +470,8 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     let mut sink = Sink::start(dir.join("sink"));
     let relay = format!("127.0.0.1:{}", sink.port);
     let dns_addr = format!("127.0.0.1:{dns_port}");
+    let smtp_port = free_port();
+    let smtp_addr = format!("127.0.0.1:{smtp_port}");
     let mut d = Daemon::start(
         &dir,
         &[
@@ -458,6 +481,8 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
             &dns_addr,
             "--public-ip",
             PUBLIC_IP,
+            "--smtp",
+            &smtp_addr,
         ],
     );
     let (status, v) = d.call("POST", "/v1/keys", ADMIN, Some(json!({"domain": DOMAIN})));
@@ -661,6 +686,50 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     let (path, msg) = sink.next();
     assert_verifies(dns_port, &path, &both);
     assert!(String::from_utf8_lossy(&msg).contains("Subject: Grüße, raw 8-bit"));
+    assert_tampering_fails(dns_port, &path, &msg);
+
+    // 3. SMTP submission (AUTH as the tenant, SMTPUTF8 + 8BITMIME): 8-bit UTF-8 headers,
+    //    a 990-octet body line and lines starting with a dot (dot-stuffed by the client).
+    let long_smtp = "y".repeat(990);
+    let submitted = format!(
+        "From: Jörg Müller <app@example.com>\r\nTo: Zoë <zoë@dest.example>\r\n\
+         Subject: Grüße aus Köln\r\nDate: Mon, 02 Nov 2026 11:00:00 +0000\r\n\
+         Message-ID: <smtp-1@example.com>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         Grüße über SMTP\r\n.leading dot\r\n..two dots\r\n{long_smtp}\r\nend\r\n"
+    );
+    let eml = dir.join("submitted.eml");
+    std::fs::write(&eml, submitted.as_bytes()).expect("write");
+    let reply = smtp_submit(
+        smtp_port,
+        DOMAIN,
+        &key,
+        "app@example.com",
+        "zoë@dest.example",
+        &eml,
+    );
+    assert_eq!(reply["auth"], 235, "{reply}");
+    assert_eq!(reply["data"][0], 250, "{reply}");
+    let ext = reply["ehlo"].to_string().to_ascii_lowercase();
+    assert!(
+        ext.contains("smtputf8") && ext.contains("8bitmime"),
+        "{reply}"
+    );
+    let (path, msg) = sink.next();
+    assert_verifies(dns_port, &path, &both);
+    let text = String::from_utf8_lossy(&msg);
+    assert!(
+        text.starts_with("DKIM-Signature: v=1; a=rsa-sha256"),
+        "{text}"
+    );
+    for part in [
+        "\r\nSubject: Grüße aus Köln\r\n",
+        "\r\nFrom: Jörg Müller <app@example.com>\r\n",
+        "\r\n.leading dot\r\n..two dots\r\n",
+        &format!("\r\n{long_smtp}\r\nend\r\n"),
+    ] {
+        assert!(text.contains(part), "{part:?} missing from:\n{text}");
+    }
     assert_tampering_fails(dns_port, &path, &msg);
 
     // Rotation: an imported RSA key (openssl) under a new selector signs alongside the
