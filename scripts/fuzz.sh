@@ -57,8 +57,15 @@ for t in "${targets[@]}"; do
     if [ -n "${OUTPOST_FUZZ_SEED:-}" ]; then
         extra+=(-seed="$OUTPOST_FUZZ_SEED")
     fi
+    # OUTPOST_FUZZ_RUNS (with a fixed seed) bounds the run by count instead of time: the
+    # same inputs whatever the machine's speed, so a passing run is reproducible.
+    if [ -n "${OUTPOST_FUZZ_RUNS:-}" ]; then
+        bound=(-runs="$OUTPOST_FUZZ_RUNS")
+    else
+        bound=(-max_total_time="$secs")
+    fi
     cargo +nightly fuzz run "$t" "corpus-work/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -print_final_stats=1 -rss_limit_mb=2048 -timeout=20 \
+        "${bound[@]}" -print_final_stats=1 -rss_limit_mb=2048 -timeout=20 \
         -max_len=8192 "${extra[@]}" >"$log" 2>&1
     rc=$?
     execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')"

@@ -6,7 +6,8 @@
 #   3. runs every crate's tests (unit, property, end-to-end against the real daemon);
 #   4. runs the deterministic simulator over many seeds (release mode);
 #   5. runs each fuzz target briefly so regressions show.
-# Environment: OUTPOST_SIM_SEEDS (default 300), OUTPOST_FUZZ_SECONDS (default 30; 0 skips).
+# Environment: OUTPOST_SIM_SEEDS (default 300), OUTPOST_FUZZ_SECONDS (0 skips fuzzing),
+# OUTPOST_FUZZ_SEED (default 1), OUTPOST_FUZZ_RUNS (default 20000 per target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,11 @@ fi
 
 fuzz_seconds="${OUTPOST_FUZZ_SECONDS:-30}"
 if [ -x scripts/fuzz.sh ] && [ "$fuzz_seconds" != 0 ]; then
-  step "fuzz smoke (${fuzz_seconds}s per target, fixed seed)"
-  OUTPOST_FUZZ_SEED="${OUTPOST_FUZZ_SEED:-1}" scripts/fuzz.sh "$fuzz_seconds"
+  # A fixed seed and a fixed number of runs per target: CI explores the same inputs every
+  # time (a regression check that cannot fail by luck); long random runs: scripts/fuzz.sh 600.
+  step "fuzz smoke (fixed seed, ${OUTPOST_FUZZ_RUNS:-20000} runs per target)"
+  OUTPOST_FUZZ_SEED="${OUTPOST_FUZZ_SEED:-1}" OUTPOST_FUZZ_RUNS="${OUTPOST_FUZZ_RUNS:-20000}" \
+    scripts/fuzz.sh "$fuzz_seconds"
 fi
 
 step "tests"

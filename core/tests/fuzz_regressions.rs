@@ -296,3 +296,33 @@ fn raw_malformed_header_line_is_refused() {
         );
     }
 }
+
+/// Found by CI's fixed-seed `intake` run on a fresh clone: with odd header lines the
+/// parser's offsets missed the Bcc fields and a Bcc header was sent. Bcc fields are now
+/// removed by our own scan of the header lines.
+#[test]
+fn raw_bcc_is_removed_whatever_the_parser_makes_of_odd_headers() {
+    let limits = IntakeLimits {
+        max_message_size: 1 << 20,
+        max_recipients: 10,
+    };
+    let data = b"From: App <app@example.com>\nTo: a@example.org\nDate: Tue, 24 Nov 2026 19:08 +0g\nBcc: hidden@e 19:08 +0g\nBcc: hidden@example.org,\n  other@example.org\nSubject: =?UTF-8?Q?Tue\n".to_vec();
+    let sub = outpost_core::io::Submission {
+        request: RequestId(1),
+        tenant: outpost_core::TenantId(1),
+        tenant_domain: "example.com".into(),
+        source: outpost_core::model::Source::Api,
+        idempotency_key: None,
+        content: outpost_core::io::SubmissionContent::Raw {
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec!["a@example.org".into()],
+            data,
+            smtputf8: false,
+        },
+    };
+    if let Ok(p) = prepare(&sub, MessageId(1), T0, &limits) {
+        let text = String::from_utf8_lossy(&p.spool).to_ascii_lowercase();
+        assert!(!text.contains("bcc:"), "{text}");
+        assert!(!text.contains("other@example.org"), "{text}");
+    }
+}

@@ -171,13 +171,6 @@ pub(super) fn raw(
         parsed.subject().unwrap_or_default(),
         sanitize::MAX_REMOTE_TEXT,
     );
-    let mut bcc_ranges: Vec<(usize, usize)> = parsed
-        .headers()
-        .iter()
-        .filter(|h| h.name == HeaderName::Bcc)
-        .map(|h| (h.offset_field as usize, h.offset_end as usize))
-        .collect();
-    bcc_ranges.sort_unstable();
     drop(parsed);
 
     let mut message = Vec::with_capacity(normalized.len() + 128);
@@ -187,15 +180,9 @@ pub(super) fn raw(
     if add_date {
         message.extend_from_slice(format!("Date: {}\r\n", now.rfc5322()).as_bytes());
     }
-    let mut pos = 0;
-    for (start, end) in bcc_ranges {
-        // Offsets come from the parser; clamp them so a surprise can never panic.
-        let start = start.clamp(pos, normalized.len());
-        let end = end.clamp(start, normalized.len());
-        message.extend_from_slice(&normalized[pos..start]);
-        pos = end;
-    }
-    message.extend_from_slice(&normalized[pos..]);
+    // Bcc fields are removed by our own scan of the (already validated) header lines, not
+    // by the lenient parser's offsets, which odd input can put anywhere.
+    message.extend_from_slice(&without_bcc(&normalized));
 
     let header_end = message
         .windows(4)
@@ -250,4 +237,41 @@ fn check_header_section(message: &[u8]) -> Result<(), SubmitError> {
         }
     }
     Ok(())
+}
+
+/// The message without its Bcc header fields (continuation lines included): blind
+/// recipients must not be shown to the others. Header lines are CRLF-terminated and were
+/// validated by `check_header_section`.
+fn without_bcc(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    let mut in_headers = true;
+    let mut skipping = false;
+    let mut rest = message;
+    while !rest.is_empty() {
+        let len = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(rest.len(), |i| i + 2);
+        let (line, tail) = rest.split_at(len);
+        rest = tail;
+        if in_headers {
+            let content = line.strip_suffix(b"\r\n").unwrap_or(line);
+            if content.is_empty() {
+                in_headers = false;
+                skipping = false;
+            } else if content[0] == b' ' || content[0] == b'\t' {
+                if skipping {
+                    continue;
+                }
+            } else {
+                let name = content.split(|&b| b == b':').next().unwrap_or_default();
+                skipping = name.trim_ascii_end().eq_ignore_ascii_case(b"bcc");
+                if skipping {
+                    continue;
+                }
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    out
 }
