@@ -1,10 +1,18 @@
 //! Webhook POSTs (`Output::PostWebhook`): ureq on a blocking thread, with the core's
 //! timeout and headers. Targets that resolve to private, loopback or otherwise internal
 //! addresses are refused unless `--allow-private-webhooks`.
+//!
+//! The check lives inside ureq's resolver ([`PublicOnly`]): the addresses that are checked
+//! are the very addresses the connection then uses. Checking a name first and letting the
+//! HTTP client resolve it again would leave a DNS-rebinding window (a record that answers
+//! a public address to the check and 169.254.169.254 to the connect).
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// POSTs `body` to `url`; returns the HTTP status (any status, not only 2xx) or a transport
 /// error, and how long it took.
@@ -23,16 +31,47 @@ pub async fn post(
     .await
 }
 
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent("outpost-webhooks/0.1")
-            .build()
-            .into()
-    })
+fn agent_config() -> ureq::config::Config {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent("outpost-webhooks/0.1")
+        .build()
+}
+
+/// The agent for a target: public addresses only, or any address.
+fn agent(allow_private: bool) -> &'static ureq::Agent {
+    static PUBLIC_ONLY: OnceLock<ureq::Agent> = OnceLock::new();
+    static ANY: OnceLock<ureq::Agent> = OnceLock::new();
+    if allow_private {
+        ANY.get_or_init(|| agent_config().into())
+    } else {
+        PUBLIC_ONLY.get_or_init(|| {
+            ureq::Agent::with_parts(agent_config(), DefaultConnector::new(), PublicOnly)
+        })
+    }
+}
+
+/// A resolver that answers only when every address of the host is public.
+#[derive(Debug)]
+struct PublicOnly;
+
+impl Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let addrs = DefaultResolver::default().resolve(uri, config, timeout)?;
+        match refuse_private(addrs.iter().map(|a| a.ip())) {
+            Ok(()) => Ok(addrs),
+            Err(reason) => Err(ureq::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                reason,
+            ))),
+        }
+    }
 }
 
 fn post_blocking(
@@ -47,14 +86,10 @@ fn post_blocking(
     if scheme != "http" && scheme != "https" {
         return Err("URL scheme must be http or https".into());
     }
-    let host = uri.host().ok_or("URL has no host")?;
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    if !allow_private {
-        check_public(host, port)?;
+    if uri.host().is_none() {
+        return Err("URL has no host".into());
     }
-    let mut req = agent()
+    let mut req = agent(allow_private)
         .post(url)
         .config()
         .timeout_global(Some(timeout))
@@ -66,30 +101,30 @@ fn post_blocking(
     match req.send(body.as_bytes()) {
         Ok(resp) => Ok(resp.status().as_u16()),
         Err(ureq::Error::Timeout(_)) => Err("timeout".into()),
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(e.to_string())
+        }
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Refuses a host that is, or resolves to, a non-public address.
-fn check_public(host: &str, port: u16) -> Result<(), String> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => (host, port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve webhook host: {e}"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    if ips.is_empty() {
-        return Err("webhook host has no address".into());
+/// Refuses a set of addresses if any of them is not public (so a name that mixes a
+/// public and an internal address is refused whichever the connection would pick).
+fn refuse_private(ips: impl Iterator<Item = IpAddr>) -> Result<(), String> {
+    let mut any = false;
+    for ip in ips {
+        any = true;
+        if !is_public(ip) {
+            return Err(format!(
+                "refused: webhook target resolves to a private or loopback address ({ip})"
+            ));
+        }
     }
-    if let Some(ip) = ips.iter().find(|ip| !is_public(**ip)) {
-        return Err(format!(
-            "refused: webhook target resolves to a private or loopback address ({ip})"
-        ));
+    if any {
+        Ok(())
+    } else {
+        Err("webhook host has no address".into())
     }
-    Ok(())
 }
 
 pub fn is_public(ip: IpAddr) -> bool {
@@ -149,6 +184,35 @@ mod tests {
         for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
             assert!(is_public(ip.parse().expect("ip")), "{ip}");
         }
+    }
+
+    #[test]
+    fn a_mixed_answer_is_refused_whole() {
+        let public: IpAddr = "93.184.216.34".parse().expect("ip");
+        let private: IpAddr = "169.254.169.254".parse().expect("ip");
+        assert_eq!(refuse_private([public].into_iter()), Ok(()));
+        assert!(refuse_private([public, private].into_iter()).is_err());
+        assert!(refuse_private(std::iter::empty()).is_err());
+    }
+
+    /// A name (not an IP literal) is checked by the resolver the connection uses: the
+    /// address refused is the one resolved for the connect, not a second lookup's.
+    #[test]
+    fn a_name_resolving_to_loopback_is_refused_at_connect() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (r, _) = smol::block_on(post(
+            format!("http://localhost:{port}/hook"),
+            Vec::new(),
+            Arc::from("{}"),
+            Duration::from_secs(5),
+            false,
+        ));
+        let err = r.expect_err("refused");
+        assert!(err.contains("refused"), "{err}");
+        // Nothing connected.
+        assert!(listener.accept().is_err());
     }
 
     #[test]
