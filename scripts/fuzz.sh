@@ -49,7 +49,7 @@ for t in "${targets[@]}"; do
     # Structured targets (arbitrary-built op sequences) need long inputs from the start.
     extra=()
     case "$t" in
-        engine_inputs | smtp_client) extra=(-len_control=0) ;;
+        engine_inputs | smtp_client | smtp_server) extra=(-len_control=0) ;;
     esac
     # OUTPOST_FUZZ_SEED fixes libFuzzer's seed: the test command uses it so that CI explores
     # the same inputs on every run (a regression check that cannot fail by luck); long
