@@ -31,7 +31,7 @@ fn a_tenant_never_sees_another_tenants_data() {
         let (s, ep) = d.post(
             "/v1/webhooks",
             Some(key),
-            &format!(r#"{{"url":"{}"}}"#, r.url()),
+            format!(r#"{{"url":"{}"}}"#, r.url()),
         );
         assert_eq!(s, 201, "{ep}");
         r.set_secrets(&[ep["secret"].as_str().expect("secret")]);
@@ -44,7 +44,7 @@ fn a_tenant_never_sees_another_tenants_data() {
         let (s, v) = d.post(
             "/v1/suppressions",
             Some(key),
-            &format!(r#"{{"address":"{addr}"}}"#),
+            format!(r#"{{"address":"{addr}"}}"#),
         );
         assert_eq!(s, 201, "{v}");
     }

@@ -31,7 +31,7 @@ fn create_endpoint(d: &Daemon, key: &str, url: &str, events: &str) -> (String, S
     let (s, ep) = d.post(
         "/v1/webhooks",
         Some(key),
-        &format!(r#"{{"url":"{url}","events":{events}}}"#),
+        format!(r#"{{"url":"{url}","events":{events}}}"#),
     );
     assert_eq!(s, 201, "{ep}");
     (

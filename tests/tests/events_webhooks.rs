@@ -44,7 +44,7 @@ retry_every = "1s"
     let (s, ep) = d.post(
         "/v1/webhooks",
         Some(&key),
-        &format!(r#"{{"url":"{}"}}"#, receiver.url()),
+        format!(r#"{{"url":"{}"}}"#, receiver.url()),
     );
     assert_eq!(s, 201, "{ep}");
     let secret = ep["secret"].as_str().expect("secret").to_string();
