@@ -3,12 +3,13 @@
 //! captured, its HTTP API called with a key, stopped with SIGTERM or SIGKILL and started
 //! again on the same data.
 //!
-//! ```ignore
-//! let d = Daemon::builder(scratch_dir("x").join("data")).relay(port).smtp().start();
+//! ```text
+//! let mut d = Daemon::builder(scratch_dir("x").join("data")).relay(port).smtp().start();
 //! let key = d.create_key("example.com");
 //! let id = d.send(&key, "app@example.com", "rcpt@dest.example");
-//! d.wait_status(&key, &id, "delivered", Duration::from_secs(30));
-//! let d = { d.terminate(); d.restart() };
+//! d.wait_status(&key, &id, "delivered", WAIT);
+//! assert_eq!(d.terminate().code(), Some(0));
+//! let d = d.restart(); // same data directory, flags and config
 //! ```
 
 use std::io::{BufRead, BufReader};
