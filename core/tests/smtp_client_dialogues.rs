@@ -2,6 +2,8 @@
 //! exact event and action order.
 #![allow(clippy::unwrap_used)]
 
+mod dialogue;
+
 use std::time::Duration;
 
 use outpost_core::config::SmtpTimeouts;
@@ -13,8 +15,7 @@ use outpost_core::time::Time;
 
 use SessionAction::{Close, SendBody, StartTls};
 use SessionEvent::{Closed, Ready, TransactionDone};
-
-const T0: Time = Time(1_000_000);
+use dialogue::{T0, actions, events, send};
 
 /// Distinct timeouts so each stage's deadline is recognisable.
 fn timeouts() -> SmtpTimeouts {
@@ -39,18 +40,6 @@ fn new_session(tls: TlsMode) -> ClientSession {
         tls,
         timeouts: timeouts(),
     })
-}
-
-fn send(s: &str) -> SessionAction {
-    SessionAction::Send(s.as_bytes().to_vec())
-}
-
-fn actions(s: &mut ClientSession) -> Vec<SessionAction> {
-    std::iter::from_fn(|| s.poll_action()).collect()
-}
-
-fn events(s: &mut ClientSession) -> Vec<SessionEvent> {
-    std::iter::from_fn(|| s.poll_event()).collect()
 }
 
 /// Feeds `server` and checks what the client does and says in return.
@@ -103,6 +92,38 @@ fn ready_with(tls: TlsMode, ehlo: &str) -> ClientSession {
     assert!(s.is_idle());
     assert_eq!(s.deadline(), None);
     s
+}
+
+/// A connected session fed the `server` chunks at `T0`, one by one (nothing drained).
+fn connected(tls: TlsMode, server: &[&str]) -> ClientSession {
+    let mut s = new_session(tls);
+    s.on_connected(T0);
+    for bytes in server {
+        s.on_bytes(T0, bytes.as_bytes());
+    }
+    s
+}
+
+/// A session ready with `ehlo` that started a transaction to `rcpts` (its commands drained).
+fn sending(ehlo: &str, rcpts: &[&str]) -> ClientSession {
+    let mut s = ready_with(TlsMode::Opportunistic, ehlo);
+    assert!(s.start_transaction(T0, env(rcpts)));
+    actions(&mut s);
+    s
+}
+
+/// The session failed at `stage`, no transaction under way.
+fn failed(stage: Stage, error: SessionError) -> SessionEvent {
+    SessionEvent::Failed {
+        stage,
+        error,
+        partial: None,
+    }
+}
+
+/// The session failed at `stage` on the reply `reply`, no transaction under way.
+fn refused(stage: Stage, reply: Reply) -> SessionEvent {
+    failed(stage, SessionError::Reply(reply))
 }
 
 const EHLO_PLAIN: &str = "250-mx.remote.example\r\n250 ENHANCEDSTATUSCODES\r\n";
@@ -192,9 +213,7 @@ fn pipelined_delivery_with_size_and_8bitmime() {
 
 #[test]
 fn pipelined_replies_arriving_one_by_one() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example", "b@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example", "b@x.example"]);
     assert_eq!(s.deadline(), Some(T0.plus(timeouts().mail)));
     let t1 = T0.plus(Duration::from_secs(1));
     s.on_bytes(t1, b"250 Ok\r\n");
@@ -263,8 +282,7 @@ fn lockstep_mixed_recipients() {
 
 #[test]
 fn multi_line_replies_everywhere() {
-    let mut s = new_session(TlsMode::Disabled);
-    s.on_connected(T0);
+    let mut s = connected(TlsMode::Disabled, &[]);
     step(
         &mut s,
         "220-mx.remote.example ESMTP\r\n220-No UCE\r\n220 Welcome\r\n",
@@ -303,9 +321,7 @@ fn multi_line_replies_everywhere() {
 
 #[test]
 fn pipelined_all_refused_with_354_sends_lone_dot_then_rset() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example", "b@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example", "b@x.example"]);
     step(
         &mut s,
         "250 Ok\r\n550 5.1.1 nope\r\n550 5.1.1 nope\r\n354 go\r\n",
@@ -336,9 +352,7 @@ fn pipelined_all_refused_with_354_sends_lone_dot_then_rset() {
 
 #[test]
 fn pipelined_all_refused_data_refused_then_rset() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example"]);
     let report = TransactionReport {
         mail: Some(r(250, None, "Ok")),
         rcpt: vec![Some(r(550, Some("5.1.1"), "nope"))],
@@ -356,9 +370,7 @@ fn pipelined_all_refused_data_refused_then_rset() {
 
 #[test]
 fn lockstep_all_refused_no_data_then_rset() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example"]);
     step(
         &mut s,
         "250 Ok\r\n",
@@ -382,9 +394,7 @@ fn lockstep_all_refused_no_data_then_rset() {
 
 #[test]
 fn mail_refused_then_rset() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example", "b@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example", "b@x.example"]);
     let report = TransactionReport {
         mail: Some(r(553, Some("5.7.1"), "Sender rejected")),
         rcpt: vec![None, None],
@@ -400,9 +410,7 @@ fn mail_refused_then_rset() {
     step(&mut s, "250 Ok\r\n", &[], &[Ready]);
 
     // Pipelined: the RCPT and DATA replies are read, then RSET.
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example"]);
     let report = TransactionReport {
         mail: Some(r(553, Some("5.7.1"), "Sender rejected")),
         rcpt: vec![Some(r(503, Some("5.5.1"), "need MAIL"))],
@@ -420,9 +428,7 @@ fn mail_refused_then_rset() {
 
 #[test]
 fn rset_refused_fails_the_session() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example"]);
     s.on_bytes(T0, b"550 no\r\n");
     assert_eq!(actions(&mut s), [send("RSET\r\n")]);
     events(&mut s);
@@ -430,19 +436,13 @@ fn rset_refused_fails_the_session() {
         &mut s,
         "500 what\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Mail,
-            error: SessionError::Reply(r(500, None, "what")),
-            partial: None,
-        }],
+        &[refused(Stage::Mail, r(500, None, "what"))],
     );
 }
 
 #[test]
 fn final_reply_refused_needs_no_rset() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example"]);
     step(&mut s, "250 Ok\r\n250 Ok\r\n354 go\r\n", &[SendBody], &[]);
     s.on_bytes(T0, b"554 5.7.1 spam\r\n");
     assert_eq!(actions(&mut s), []);
@@ -454,8 +454,7 @@ fn final_reply_refused_needs_no_rset() {
 
 #[test]
 fn starttls_opportunistic_offered() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
+    let mut s = connected(TlsMode::Opportunistic, &[]);
     step(
         &mut s,
         "220 mx ESMTP\r\n",
@@ -491,9 +490,7 @@ fn starttls_opportunistic_offered() {
 
 #[test]
 fn starttls_opportunistic_refused_goes_on_in_plaintext() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["220 mx\r\n"]);
     actions(&mut s);
     step(
         &mut s,
@@ -508,11 +505,10 @@ fn starttls_opportunistic_refused_goes_on_in_plaintext() {
 
 #[test]
 fn starttls_handshake_failure() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
-    s.on_bytes(T0, b"220 go\r\n");
+    let mut s = connected(
+        TlsMode::Opportunistic,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n", "220 go\r\n"],
+    );
     assert_eq!(
         actions(&mut s),
         [
@@ -525,11 +521,10 @@ fn starttls_handshake_failure() {
     assert_eq!(actions(&mut s), [Close]);
     assert_eq!(
         events(&mut s),
-        [SessionEvent::Failed {
-            stage: Stage::Tls,
-            error: SessionError::TlsFailed("handshake failure alert 40".into()),
-            partial: None
-        }]
+        [failed(
+            Stage::Tls,
+            SessionError::TlsFailed("handshake failure alert 40".into())
+        )]
     );
     // Nothing more, whatever arrives.
     s.on_bytes(T0, b"250 ok\r\n");
@@ -545,10 +540,10 @@ fn starttls_handshake_failure() {
 
 #[test]
 fn starttls_response_injection_is_refused() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
+    let mut s = connected(
+        TlsMode::Opportunistic,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n"],
+    );
     actions(&mut s);
     s.on_bytes(T0, b"220 go\r\n250-mx\r\n250 PIPELINING\r\n");
     assert_eq!(actions(&mut s), [Close]);
@@ -565,44 +560,39 @@ fn starttls_response_injection_is_refused() {
 #[test]
 fn starttls_required() {
     // Not offered.
-    let mut s = new_session(TlsMode::Required);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
+    let mut s = connected(TlsMode::Required, &["220 mx\r\n"]);
     actions(&mut s);
     step(
         &mut s,
         "250-mx\r\n250 PIPELINING\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Tls,
-            error: SessionError::TlsRequired("TLS is required but STARTTLS is not offered".into()),
-            partial: None,
-        }],
+        &[failed(
+            Stage::Tls,
+            SessionError::TlsRequired("TLS is required but STARTTLS is not offered".into()),
+        )],
     );
 
     // Refused.
-    let mut s = new_session(TlsMode::Required);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
+    let mut s = connected(
+        TlsMode::Required,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n"],
+    );
     actions(&mut s);
     step(
         &mut s,
         "454 4.7.0 later\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Tls,
-            error: SessionError::TlsRequired("STARTTLS refused: 454 4.7.0 later".into()),
-            partial: None,
-        }],
+        &[failed(
+            Stage::Tls,
+            SessionError::TlsRequired("STARTTLS refused: 454 4.7.0 later".into()),
+        )],
     );
 
     // Established but unverified.
-    let mut s = new_session(TlsMode::Required);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
-    s.on_bytes(T0, b"220 go\r\n");
+    let mut s = connected(
+        TlsMode::Required,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n", "220 go\r\n"],
+    );
     actions(&mut s);
     s.on_tls_established(T0, false);
     assert_eq!(actions(&mut s), [Close]);
@@ -616,11 +606,10 @@ fn starttls_required() {
     ));
 
     // Verified: fine.
-    let mut s = new_session(TlsMode::Required);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
-    s.on_bytes(T0, b"220 go\r\n");
+    let mut s = connected(
+        TlsMode::Required,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n", "220 go\r\n"],
+    );
     actions(&mut s);
     s.on_tls_established(T0, true);
     assert_eq!(actions(&mut s), [send("EHLO client.example\r\n")]);
@@ -628,11 +617,10 @@ fn starttls_required() {
     assert_eq!(s.tls(), Some(true));
 
     // HELO fallback means no STARTTLS.
-    let mut s = new_session(TlsMode::Required);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"502 no EHLO\r\n");
-    s.on_bytes(T0, b"250 mx\r\n");
+    let mut s = connected(
+        TlsMode::Required,
+        &["220 mx\r\n", "502 no EHLO\r\n", "250 mx\r\n"],
+    );
     assert!(matches!(
         &events(&mut s)[..],
         [SessionEvent::Failed {
@@ -651,8 +639,7 @@ fn starttls_disabled_is_never_sent() {
 
 #[test]
 fn helo_fallback() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
+    let mut s = connected(TlsMode::Opportunistic, &[]);
     step(
         &mut s,
         "220 old\r\n",
@@ -677,44 +664,29 @@ fn helo_fallback() {
     );
 
     // HELO refused too: the session fails.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 old\r\n");
-    s.on_bytes(T0, b"502 no\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["220 old\r\n", "502 no\r\n"]);
     actions(&mut s);
     step(
         &mut s,
         "550 go away\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Ehlo,
-            error: SessionError::Reply(r(550, None, "go away")),
-            partial: None,
-        }],
+        &[refused(Stage::Ehlo, r(550, None, "go away"))],
     );
 
     // EHLO 4xx: no fallback.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 old\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["220 old\r\n"]);
     actions(&mut s);
     step(
         &mut s,
         "451 later\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Ehlo,
-            error: SessionError::Reply(r(451, None, "later")),
-            partial: None,
-        }],
+        &[refused(Stage::Ehlo, r(451, None, "later"))],
     );
 }
 
 #[test]
 fn service_closing_mid_transaction_reports_partial() {
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PIPE);
-    assert!(s.start_transaction(T0, env(&["a@x.example", "b@x.example", "c@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PIPE, &["a@x.example", "b@x.example", "c@x.example"]);
     let partial = TransactionReport {
         mail: Some(r(250, None, "Ok")),
         rcpt: vec![
@@ -782,21 +754,17 @@ fn disconnect_mid_transaction_reports_partial() {
 
 #[test]
 fn greeting_refused() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
+    let mut s = connected(TlsMode::Opportunistic, &[]);
     step(
         &mut s,
         "554 5.7.1 You are not welcome\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Greeting,
-            error: SessionError::Reply(r(554, Some("5.7.1"), "You are not welcome")),
-            partial: None,
-        }],
+        &[refused(
+            Stage::Greeting,
+            r(554, Some("5.7.1"), "You are not welcome"),
+        )],
     );
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"421 busy\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["421 busy\r\n"]);
     assert!(matches!(
         &events(&mut s)[..],
         [SessionEvent::Failed {
@@ -836,22 +804,19 @@ fn timeouts_per_stage() {
     s.on_connected(T0);
     check_timeout(&mut s, T0, t.greeting, Stage::Greeting);
 
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
+    let mut s = connected(TlsMode::Opportunistic, &[]);
     s.on_bytes(t1, b"220 mx\r\n");
     check_timeout(&mut s, t1, t.ehlo, Stage::Ehlo);
 
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["220 mx\r\n"]);
     s.on_bytes(t1, b"250-mx\r\n250 STARTTLS\r\n");
     check_timeout(&mut s, t1, t.starttls, Stage::Tls);
 
     // The handshake itself.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n");
-    s.on_bytes(T0, b"250-mx\r\n250 STARTTLS\r\n");
+    let mut s = connected(
+        TlsMode::Opportunistic,
+        &["220 mx\r\n", "250-mx\r\n250 STARTTLS\r\n"],
+    );
     s.on_bytes(t1, b"220 go\r\n");
     check_timeout(&mut s, t1, t.starttls, Stage::Tls);
 
@@ -1017,9 +982,7 @@ fn quit_variants() {
     step(&mut s, "\x00\x01garbage\r\n", &[Close], &[Closed]);
 
     // QUIT while busy gives up at once.
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example"]);
     s.quit(T0);
     assert_eq!(actions(&mut s), [Close]);
     assert_eq!(events(&mut s), [Closed]);
@@ -1032,11 +995,7 @@ fn bytes_while_idle() {
         &mut s,
         "421 4.3.2 Shutting down\r\n",
         &[Close],
-        &[SessionEvent::Failed {
-            stage: Stage::Mail,
-            error: SessionError::Reply(r(421, Some("4.3.2"), "Shutting down")),
-            partial: None,
-        }],
+        &[refused(Stage::Mail, r(421, Some("4.3.2"), "Shutting down"))],
     );
 
     let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
@@ -1056,20 +1015,14 @@ fn bytes_while_idle() {
     assert_eq!(actions(&mut s), [Close]);
     assert_eq!(
         events(&mut s),
-        [SessionEvent::Failed {
-            stage: Stage::Mail,
-            error: SessionError::Closed(None),
-            partial: None
-        }]
+        [failed(Stage::Mail, SessionError::Closed(None))]
     );
 }
 
 #[test]
 fn replies_ahead_of_commands_are_refused() {
     // A server answering EHLO before it was sent.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n250 mx\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["220 mx\r\n250 mx\r\n"]);
     assert_eq!(actions(&mut s), [send("EHLO client.example\r\n"), Close]);
     assert!(matches!(
         &events(&mut s)[..],
@@ -1081,9 +1034,7 @@ fn replies_ahead_of_commands_are_refused() {
     ));
 
     // Lockstep: an extra reply in the same chunk as the MAIL reply.
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example"]);
     s.on_bytes(T0, b"250 Ok\r\n250 Ok\r\n");
     let ev = events(&mut s);
     assert!(
@@ -1099,18 +1050,13 @@ fn replies_ahead_of_commands_are_refused() {
     );
 
     // A partial line left over from before the command also counts.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 mx\r\n25");
-    s.on_bytes(T0, b"0 mx\r\n");
+    let s = connected(TlsMode::Opportunistic, &["220 mx\r\n25", "0 mx\r\n"]);
     assert!(s.is_finished());
 }
 
 #[test]
 fn protocol_garbage_fails_the_session() {
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"HTTP/1.1 400 Bad Request\r\n");
+    let mut s = connected(TlsMode::Opportunistic, &["HTTP/1.1 400 Bad Request\r\n"]);
     assert_eq!(actions(&mut s), [Close]);
     let ev = events(&mut s);
     let [
@@ -1127,9 +1073,7 @@ fn protocol_garbage_fails_the_session() {
     assert!(!msg.contains('\r'));
 
     // Mismatched codes in a multi-line reply.
-    let mut s = ready_with(TlsMode::Opportunistic, EHLO_PLAIN);
-    assert!(s.start_transaction(T0, env(&["a@x.example"])));
-    actions(&mut s);
+    let mut s = sending(EHLO_PLAIN, &["a@x.example"]);
     s.on_bytes(T0, b"250-Ok\r\n550 no\r\n");
     assert!(matches!(
         &events(&mut s)[..],
@@ -1141,9 +1085,7 @@ fn protocol_garbage_fails_the_session() {
     ));
 
     // A never-ending line.
-    let mut s = new_session(TlsMode::Opportunistic);
-    s.on_connected(T0);
-    s.on_bytes(T0, b"220 ");
+    let mut s = connected(TlsMode::Opportunistic, &["220 "]);
     for _ in 0..1000 {
         s.on_bytes(T0, &[b'x'; 100]);
         assert!(s.buffered_len() <= 4096);

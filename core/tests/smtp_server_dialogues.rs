@@ -2,6 +2,8 @@
 //! replies, exact action and event order.
 #![allow(clippy::unwrap_used)]
 
+mod dialogue;
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,8 +19,8 @@ use outpost_core::status::MessageStatus;
 use outpost_core::time::Time;
 
 use ServerAction::{Close, StartTls};
+use dialogue::{T0, actions, events, send};
 
-const T0: Time = Time(1_000_000);
 const HOST: &str = "mx.outpost.test";
 const GREETING: &str = "220 mx.outpost.test ESMTP outpost\r\n";
 
@@ -35,18 +37,6 @@ fn tenant() -> AuthedTenant {
         tenant: TenantId(7),
         domain: "example.com".into(),
     }
-}
-
-fn send(s: &str) -> ServerAction {
-    ServerAction::Send(s.as_bytes().to_vec())
-}
-
-fn actions(s: &mut ServerSession) -> Vec<ServerAction> {
-    std::iter::from_fn(|| s.poll_action()).collect()
-}
-
-fn events(s: &mut ServerSession) -> Vec<ServerEvent> {
-    std::iter::from_fn(|| s.poll_event()).collect()
 }
 
 /// A connected session with its greeting checked.
@@ -92,23 +82,38 @@ fn auth_request(user: &str, pass: &str) -> ServerEvent {
     }
 }
 
-/// A session that did EHLO and authenticated as `tenant()` (loopback: AUTH in plaintext).
-fn authed() -> ServerSession {
-    let mut s = connected(ServerConfig {
-        auth_without_tls: true,
-        ..config()
-    });
-    step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
+/// AUTH PLAIN as u/p, which the shell accepts as `tenant()`.
+fn auth_ok(s: &mut ServerSession) {
     s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "p")).as_bytes());
-    assert_eq!(actions(&mut s), vec![]);
-    assert_eq!(events(&mut s), vec![auth_request("u", "p")]);
+    assert_eq!(actions(s), vec![]);
+    assert_eq!(events(s), vec![auth_request("u", "p")]);
     s.on_auth_result(T0, Some(tenant()));
     assert_eq!(
-        actions(&mut s),
+        actions(s),
         vec![send("235 2.7.0 Authentication successful\r\n")]
     );
+}
+
+/// A session (`config`, AUTH allowed in plaintext as on loopback) that did EHLO, answered
+/// with `ehlo`, and authenticated as `tenant()`.
+fn authed_with(config: ServerConfig, ehlo: &str) -> ServerSession {
+    let mut s = connected(ServerConfig {
+        auth_without_tls: true,
+        ..config
+    });
+    step(&mut s, "EHLO client.test\r\n", ehlo);
+    auth_ok(&mut s);
     s
 }
+
+/// A session that did EHLO and authenticated as `tenant()` (loopback: AUTH in plaintext).
+fn authed() -> ServerSession {
+    authed_with(config(), EHLO_AUTH)
+}
+
+/// The transaction of most tests: MAIL, one RCPT, DATA, all accepted.
+const MAIL_RCPT_DATA: &str = "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n";
+const DATA_GO: &str = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n";
 
 fn receipt(id: u128) -> Receipt {
     Receipt {
@@ -216,13 +221,7 @@ fn starttls_forgets_authentication() {
         ..config()
     });
     step(&mut s, "EHLO client.test\r\n", EHLO_STARTTLS_AUTH);
-    s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "p")).as_bytes());
-    assert_eq!(events(&mut s), vec![auth_request("u", "p")]);
-    s.on_auth_result(T0, Some(tenant()));
-    assert_eq!(
-        actions(&mut s),
-        vec![send("235 2.7.0 Authentication successful\r\n")]
-    );
+    auth_ok(&mut s);
     s.on_bytes(T0, b"STARTTLS\r\n");
     assert_eq!(
         actions(&mut s),
@@ -508,12 +507,7 @@ fn trusted_client_sender_domain_checked_by_the_shell() {
         }]
     );
     s.on_sender_check(T0, Some(tenant()));
-    assert_eq!(
-        actions(&mut s),
-        vec![send(
-            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-        )]
-    );
+    assert_eq!(actions(&mut s), vec![send(DATA_GO)]);
     s.on_bytes(T0, b"Subject: x\r\n\r\nhi\r\n.\r\n");
     assert_eq!(
         events(&mut s),
@@ -583,11 +577,7 @@ fn pipelined_submission_with_dot_unstuffing() {
 #[test]
 fn session_continues_after_a_message() {
     let mut s = authed();
-    step(
-        &mut s,
-        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
-        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
-    );
+    step(&mut s, MAIL_RCPT_DATA, DATA_GO);
     s.on_bytes(T0, b"x\r\n.\r\nMAIL FROM:<a@example.com>\r\n");
     assert_eq!(events(&mut s), vec![message(&["b@x.org"], b"x\r\n", false)]);
     s.on_message_result(T0, Ok(receipt(1)));
@@ -697,12 +687,7 @@ fn smtputf8_submission() {
         "MAIL FROM:<j\u{f6}rg@example.com> SMTPUTF8\r\nRCPT TO:<\u{fc}@b\u{fc}cher.example>\r\nDATA\r\n"
             .as_bytes(),
     );
-    assert_eq!(
-        actions(&mut s),
-        vec![send(
-            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-        )]
-    );
+    assert_eq!(actions(&mut s), vec![send(DATA_GO)]);
     s.on_bytes(T0, b"hi\r\n.\r\n");
     assert_eq!(
         events(&mut s),
@@ -756,16 +741,13 @@ fn bad_recipients() {
 
 #[test]
 fn too_many_recipients() {
-    let mut s = connected(ServerConfig {
-        auth_without_tls: true,
-        max_recipients: 2,
-        ..config()
-    });
-    step(&mut s, "EHLO c\r\n", EHLO_AUTH);
-    s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "p")).as_bytes());
-    events(&mut s);
-    s.on_auth_result(T0, Some(tenant()));
-    actions(&mut s);
+    let mut s = authed_with(
+        ServerConfig {
+            max_recipients: 2,
+            ..config()
+        },
+        EHLO_AUTH,
+    );
     step(
         &mut s,
         "MAIL FROM:<a@example.com>\r\nRCPT TO:<r1@x.org>\r\nRCPT TO:<r2@x.org>\r\n\
@@ -791,22 +773,15 @@ fn too_many_recipients() {
 
 /// An authenticated session with a small size limit and an open transaction (after 354).
 fn in_data(max_message_size: u64) -> ServerSession {
-    let mut s = connected(ServerConfig {
-        auth_without_tls: true,
-        max_message_size,
-        ..config()
-    });
-    s.on_bytes(T0, b"EHLO c\r\n");
-    actions(&mut s);
-    s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "p")).as_bytes());
-    events(&mut s);
-    s.on_auth_result(T0, Some(tenant()));
-    actions(&mut s);
-    step(
-        &mut s,
-        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
-        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
+    let ehlo = EHLO_AUTH.replace("SIZE 10485760", &format!("SIZE {max_message_size}"));
+    let mut s = authed_with(
+        ServerConfig {
+            max_message_size,
+            ..config()
+        },
+        &ehlo,
     );
+    step(&mut s, MAIL_RCPT_DATA, DATA_GO);
     s
 }
 
@@ -870,11 +845,7 @@ fn overlong_data_line() {
     s.on_bytes(T0, &[b'z'; 999]);
     step(&mut s, "\r\n.\r\n", "500 5.5.2 Line too long\r\n");
     // 998 is fine.
-    step(
-        &mut s,
-        "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n",
-        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n",
-    );
+    step(&mut s, MAIL_RCPT_DATA, DATA_GO);
     s.on_bytes(T0, &[b'z'; 998]);
     s.on_bytes(T0, b"\r\n.\r\n");
     assert_eq!(events(&mut s).len(), 1);

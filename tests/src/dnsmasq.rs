@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::delivery_daemon::free_port;
+use crate::free_port;
 
 /// A running dnsmasq; killed on drop.
 pub struct Dnsmasq {
@@ -24,6 +24,17 @@ pub fn host(name: &str, ip: &str) -> String {
     format!("--host-record={name},{ip}")
 }
 
+/// `--txt-record=<name>,<value>`, the value split into character-strings of at most 200
+/// octets (one is at most 255; every reader joins them again, RFC 6376 3.6.2.2).
+pub fn txt(name: &str, value: &str) -> String {
+    let parts: Vec<String> = value
+        .as_bytes()
+        .chunks(200)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!("--txt-record={name},{}", parts.join(","))
+}
+
 /// The installed binary, if any.
 pub fn binary() -> Option<&'static str> {
     ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
@@ -35,8 +46,13 @@ impl Dnsmasq {
     /// Starts dnsmasq on 127.0.0.1:<free port> with `records` (see [`mx`], [`host`]);
     /// `None` if it is not installed or does not come up.
     pub fn start(records: &[String]) -> Option<Dnsmasq> {
+        Self::start_on(free_port(), records)
+    }
+
+    /// The same on a given port (to restart it with other records where the daemon
+    /// already looks).
+    pub fn start_on(port: u16, records: &[String]) -> Option<Dnsmasq> {
         let bin = binary()?;
-        let port = free_port();
         let child = Command::new(bin)
             .args([
                 "--keep-in-foreground",

@@ -9,28 +9,10 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Whether python3 with `standardwebhooks` and `aiosmtpd` is available.
+/// Whether python3 with `standardwebhooks` and `aiosmtpd` is available (for
+/// [`crate::require`]).
 pub fn available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import standardwebhooks, aiosmtpd"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Skips the calling test (returns true) when the Python peers are missing, except on CI
-/// where that is a failure.
-pub fn skip_without_python() -> bool {
-    if available() {
-        return false;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "python3 with standardwebhooks and aiosmtpd is needed (scripts/install-test-deps.sh)"
-    );
-    eprintln!("skipped: python3 with standardwebhooks and aiosmtpd not installed");
-    true
+    crate::python_has("standardwebhooks, aiosmtpd")
 }
 
 fn script(name: &str) -> PathBuf {
@@ -144,12 +126,12 @@ impl Receiver {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    /// The raw JSON lines logged so far.
-    pub fn log_lines(&self) -> Vec<String> {
+    /// The requests logged so far, one JSON record each.
+    pub fn received(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .map(str::to_string)
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 }

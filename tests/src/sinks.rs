@@ -1,13 +1,16 @@
-//! Real SMTP servers for the daemon to deliver to: Postfix's `smtp-sink` (fast, dumps each
+//! SMTP servers for the daemon to deliver to: Postfix's `smtp-sink` (fast, dumps each
 //! message to a file; fault flags `-r`/`-f` soft/hard-reject commands, `-w` slows DATA) and
 //! an aiosmtpd peer (`tests/peers/aiosmtpd_peer.py`: first-N RCPT failures with a chosen
-//! reply, STARTTLS with a given certificate). Both are counted by Message-ID.
+//! reply, STARTTLS with a given certificate), both counted by Message-ID; and a small
+//! in-process sink ([`smtp_sink`]) handing each message to the test over a channel.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -155,12 +158,7 @@ pub const AIOSMTPD_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/aios
 impl AioSink {
     /// Python 3 with aiosmtpd importable.
     pub fn available() -> bool {
-        Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::python_has("aiosmtpd")
     }
 
     /// Starts the peer, its log in `dir`; `None` if it cannot start.
@@ -219,5 +217,94 @@ impl Drop for AioSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One message as [`smtp_sink`] got it (addresses with their angle brackets).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub data: String,
+}
+
+/// An in-process SMTP server on a free loopback port: 250 for everything except
+/// recipients whose local part starts with `bounce` (550 5.1.1) or `defer` (451 4.3.0).
+/// Each accepted message comes out of the channel.
+pub fn smtp_sink() -> (u16, Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = channel();
+    let tx = Arc::new(Mutex::new(tx));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let sender = tx.lock().expect("lock").clone();
+                let _ = sink_session(stream, &sender);
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn sink_session(stream: TcpStream, got: &Sender<Received>) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    w.write_all(b"220 sink.test ESMTP\r\n")?;
+    let mut mail_from = String::new();
+    let mut rcpt_to = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            w.write_all(
+                b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 20000000\r\n",
+            )?;
+        } else if upper.starts_with("MAIL FROM:") {
+            mail_from = line.trim_end()[10..].to_string();
+            rcpt_to.clear();
+            w.write_all(b"250 2.1.0 ok\r\n")?;
+        } else if upper.starts_with("RCPT TO:<BOUNCE") {
+            w.write_all(b"550 5.1.1 User unknown\r\n")?;
+        } else if upper.starts_with("RCPT TO:<DEFER") {
+            w.write_all(b"451 4.3.0 Try again later\r\n")?;
+        } else if upper.starts_with("RCPT TO:") {
+            rcpt_to.push(line.trim_end()[8..].to_string());
+            w.write_all(b"250 2.1.5 ok\r\n")?;
+        } else if upper.starts_with("DATA") {
+            if rcpt_to.is_empty() {
+                w.write_all(b"554 5.5.1 no valid recipients\r\n")?;
+                continue;
+            }
+            w.write_all(b"354 go ahead\r\n")?;
+            let mut data = String::new();
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l)? == 0 {
+                    return Ok(());
+                }
+                if l == ".\r\n" {
+                    break;
+                }
+                data.push_str(&l);
+            }
+            let _ = got.send(Received {
+                mail_from: std::mem::take(&mut mail_from),
+                rcpt_to: std::mem::take(&mut rcpt_to),
+                data,
+            });
+            w.write_all(b"250 2.0.0 queued as 1\r\n")?;
+        } else if upper.starts_with("QUIT") {
+            w.write_all(b"221 2.0.0 bye\r\n")?;
+            return Ok(());
+        } else {
+            w.write_all(b"250 ok\r\n")?;
+        }
     }
 }

@@ -12,16 +12,15 @@
 //! suppression list holds exactly the addresses of the rows whose decision suppresses.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use outpost_core::classify::{Category, CategoryPolicy, Outcome, parse_reply_line};
-use outpost_tests::daemon::{Daemon, fresh_dir};
-
-const ADMIN: &str = "e2e-admin-key-classify-0123456789";
+use outpost_tests::sinks::AioSink;
+use outpost_tests::{Daemon, require, scratch_dir};
 
 /// Which corpus rows to use: (stage, expected category, how many, strings the reply line
 /// must all contain; `^` = at its start). Each selector takes the first matching rows in file order that
@@ -190,16 +189,6 @@ fn expected(row: &Row) -> (&'static str, bool) {
 
 // ---- processes ----------------------------------------------------------------------
 
-/// Whether Python with aiosmtpd is there.
-fn have_aiosmtpd() -> bool {
-    Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// The corpus sink; killed on drop (and it exits by itself when its stdin closes).
 struct Sink {
     child: Child,
@@ -258,36 +247,6 @@ fn start_sink(mapping: &Path) -> Sink {
     }
 }
 
-/// HTTP helper: (status, body).
-fn http(method: &str, url: &str, bearer: &str, body: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let auth = format!("Bearer {bearer}");
-    let resp = match (method, body) {
-        ("POST", Some(b)) => agent
-            .post(url)
-            .header("content-type", "application/json")
-            .header("authorization", &auth)
-            .send(b),
-        _ => agent.get(url).header("authorization", &auth).call(),
-    }
-    .expect("HTTP request");
-    let status = resp.status().as_u16();
-    let mut text = String::new();
-    resp.into_body()
-        .into_reader()
-        .read_to_string(&mut text)
-        .expect("body");
-    (status, text)
-}
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
 /// Whitespace runs as one space (the daemon stores remote text that way).
 fn squeeze(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -297,17 +256,13 @@ fn squeeze(s: &str) -> String {
 
 #[test]
 fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_table() {
-    if !have_aiosmtpd() {
-        if std::env::var_os("CI").is_some() {
-            panic!("python3 with aiosmtpd is needed (pip install aiosmtpd)");
-        }
-        eprintln!("skipped: python3 with aiosmtpd not installed");
+    if !require(AioSink::available(), "python3 with aiosmtpd") {
         return;
     }
     let rows = select(&corpus_rows());
     assert!(rows.len() >= 36, "only {} rows", rows.len());
 
-    let dir = fresh_dir(Path::new(env!("CARGO_TARGET_TMPDIR")), "classify");
+    let dir = scratch_dir("classify");
     let mapping: BTreeMap<String, serde_json::Value> = rows
         .iter()
         .map(|r| {
@@ -324,17 +279,8 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
     )
     .expect("write the mapping");
     let sink = start_sink(&mapping_path);
-    let relay = format!("127.0.0.1:{}", sink.port);
-    let d = Daemon::start(&dir.join("data"), &["--relay", &relay], ADMIN);
-
-    let (status, body) = http(
-        "POST",
-        &d.url("/v1/keys"),
-        ADMIN,
-        Some(r#"{"domain":"example.com"}"#),
-    );
-    assert_eq!(status, 201, "{body}");
-    let key = json(&body)["key"].as_str().expect("key").to_string();
+    let d = Daemon::builder(dir.join("data")).relay(sink.port).start();
+    let key = d.create_key("example.com");
 
     // One message, one recipient per row.
     let mut ids = Vec::with_capacity(rows.len());
@@ -345,9 +291,9 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
             "subject": format!("corpus line {}", r.line),
             "text": "classification end to end",
         });
-        let (status, body) = http("POST", &d.url("/v1/messages"), &key, Some(&msg.to_string()));
-        assert_eq!(status, 202, "line {}: {body}", r.line);
-        ids.push(json(&body)["id"].as_str().expect("id").to_string());
+        let (status, v) = d.post("/v1/messages", Some(&key), &msg);
+        assert_eq!(status, 202, "line {}: {v}", r.line);
+        ids.push(v["id"].as_str().expect("id").to_string());
     }
 
     // Poll until every recipient has left queued/sending.
@@ -358,9 +304,7 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
             if done.contains_key(&i) {
                 continue;
             }
-            let (status, body) = http("GET", &d.url(&format!("/v1/messages/{id}")), &key, None);
-            assert_eq!(status, 200, "{body}");
-            let v = json(&body);
+            let v = d.message(&key, id);
             let st = v["recipients"][0]["status"]
                 .as_str()
                 .unwrap_or("")
@@ -435,9 +379,8 @@ fn corpus_replies_through_the_daemon_give_the_statuses_and_suppressions_of_the_t
         }
     }
 
-    let (status, body) = http("GET", &d.url("/v1/suppressions?limit=1000"), &key, None);
-    assert_eq!(status, 200, "{body}");
-    let list = json(&body);
+    let (status, list) = d.get("/v1/suppressions?limit=1000", Some(&key));
+    assert_eq!(status, 200, "{list}");
     let mut got_suppressed = BTreeSet::new();
     for s in list["data"].as_array().expect("data") {
         let address = s["address"].as_str().unwrap_or("?").to_string();

@@ -7,11 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outpost_tests::delivery_daemon::{Daemon, free_port, http, poll, require, scratch_dir};
+use outpost_tests::http;
 use outpost_tests::sinks::{PostfixSink, counts};
+use outpost_tests::{Daemon, free_port, poll, require, scratch_dir};
 use serde_json::{Value, json};
-
-const ADMIN: &str = "e2e-admin-key-0123456789";
 
 fn body(i: usize) -> Vec<u8> {
     json!({
@@ -46,9 +45,8 @@ fn kill_9_during_a_burst_loses_nothing_that_got_a_202() {
     let dir = scratch_dir("kill9");
     let port = free_port();
     let sink = PostfixSink::start(&dir.join("dump"), port, &[]).expect("smtp-sink starts");
-    let args = vec!["--relay".to_string(), format!("127.0.0.1:{port}")];
-    let mut d = Daemon::start(&dir.join("data"), &args, ADMIN);
-    let key = d.create_key(ADMIN, "example.com");
+    let mut d = Daemon::builder(dir.join("data")).relay(port).start();
+    let key = d.create_key("example.com");
 
     // Four clients submit as fast as they can; each 202 is recorded by its Message-ID.
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
@@ -62,13 +60,13 @@ fn kill_9_during_a_burst_loses_nothing_that_got_a_202() {
                 let mut i = c * 1_000_000;
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
-                    match http("POST", &url, Some(&key), Some(&body(i))) {
-                        Ok((202, text)) => {
-                            let v: Value = serde_json::from_str(&text).expect("receipt");
+                    match http::with_key("POST", &url, Some(&key), Some(&body(i))) {
+                        Ok(r) if r.status == 202 => {
+                            let v: Value = serde_json::from_str(&r.body).expect("receipt");
                             let mid = v["message_id"].as_str().expect("message_id");
                             accepted.lock().expect("lock").insert(mid.to_string());
                         }
-                        Ok((status, text)) => panic!("unexpected {status}: {text}"),
+                        Ok(r) => panic!("unexpected {}: {}", r.status, r.body),
                         // The daemon was killed under this request: it was never acknowledged.
                         Err(_) => return,
                     }
@@ -82,12 +80,7 @@ fn kill_9_during_a_burst_loses_nothing_that_got_a_202() {
     });
     // Messages whose delivery is already recorded (persisted) just before the kill: these
     // must not be sent again after the restart.
-    let (status, page) = d.json(
-        "GET",
-        "/v1/messages?status=delivered&limit=100",
-        Some(&key),
-        None,
-    );
+    let (status, page) = d.get("/v1/messages?status=delivered&limit=100", Some(&key));
     assert_eq!(status, 200, "{page}");
     let durable_delivered: Vec<String> = page["data"]
         .as_array()
@@ -103,7 +96,7 @@ fn kill_9_during_a_burst_loses_nothing_that_got_a_202() {
     let accepted = accepted.lock().expect("lock").clone();
     let at_kill = sink.message_ids().len();
 
-    let d = Daemon::start(&dir.join("data"), &args, ADMIN);
+    let d = d.restart();
     let got = all_delivered(&sink, &accepted, Duration::from_secs(60));
     let duplicated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
     eprintln!(
@@ -122,8 +115,9 @@ fn kill_9_during_a_burst_loses_nothing_that_got_a_202() {
     }
     // And the daemon's own books agree: nothing left pending.
     poll(Duration::from_secs(30), "no recipient pending", || {
-        let (_, text) = http("GET", &d.url("/metrics"), None, None).ok()?;
-        text.lines()
+        let r = d.try_request("GET", "/metrics", None, None).ok()?;
+        r.body
+            .lines()
             .any(|l| l == "outpost_pending_recipients 0")
             .then_some(())
     });
@@ -138,29 +132,21 @@ fn sigterm_during_deliveries_exits_0_and_the_restart_delivers_the_rest() {
     let port = free_port();
     // One second before each DATA reply: deliveries are in flight when SIGTERM arrives.
     let sink = PostfixSink::start(&dir.join("dump"), port, &["-w", "1"]).expect("smtp-sink starts");
-    let args = vec![
-        "--relay".to_string(),
-        format!("127.0.0.1:{port}"),
-        "--shutdown-deadline".to_string(),
-        "20s".to_string(),
-    ];
-    let mut d = Daemon::start(&dir.join("data"), &args, ADMIN);
-    let key = d.create_key(ADMIN, "example.com");
+    let mut d = Daemon::builder(dir.join("data"))
+        .relay(port)
+        .args(["--shutdown-deadline", "20s"])
+        .start();
+    let key = d.create_key("example.com");
     let mut accepted = BTreeSet::new();
     for i in 0..40 {
-        let (status, v) = d.json(
-            "POST",
-            "/v1/messages",
-            Some(&key),
-            Some(&serde_json::from_slice(&body(i)).expect("json")),
-        );
+        let (status, v) = d.post("/v1/messages", Some(&key), body(i));
         assert_eq!(status, 202, "{v}");
         accepted.insert(v["message_id"].as_str().expect("message_id").to_string());
     }
     poll(Duration::from_secs(30), "a first delivery", || {
         (!sink.message_ids().is_empty()).then_some(())
     });
-    let status = d.terminate(Duration::from_secs(40));
+    let status = d.terminate();
     assert_eq!(
         status.code(),
         Some(0),
@@ -170,7 +156,7 @@ fn sigterm_during_deliveries_exits_0_and_the_restart_delivers_the_rest() {
     assert!(d.log().contains("stopped"), "{}", d.log());
     let before_restart = counts(&sink.message_ids());
 
-    let _d = Daemon::start(&dir.join("data"), &args, ADMIN);
+    let _d = d.restart();
     let got = all_delivered(&sink, &accepted, Duration::from_secs(60));
     eprintln!(
         "SIGTERM: {} accepted, {} delivered before the restart",

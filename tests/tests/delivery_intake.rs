@@ -4,10 +4,8 @@
 
 use std::path::Path;
 
-use outpost_tests::delivery_daemon::{Daemon, free_port, http, scratch_dir};
+use outpost_tests::{Daemon, free_port, scratch_dir};
 use serde_json::{Value, json};
-
-const ADMIN: &str = "e2e-admin-key-0123456789";
 
 fn spool_files(data: &Path) -> usize {
     fn walk(p: &Path) -> usize {
@@ -24,7 +22,7 @@ fn spool_files(data: &Path) -> usize {
 }
 
 fn send_log(d: &Daemon, key: &str) -> Vec<Value> {
-    let (status, v) = d.json("GET", "/v1/messages", Some(key), None);
+    let (status, v) = d.get("/v1/messages", Some(key));
     assert_eq!(status, 200, "{v}");
     v["data"].as_array().cloned().expect("data")
 }
@@ -37,11 +35,9 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
     let dir = scratch_dir("intake");
     // Nothing listens on the relay port: a message stored by mistake would stay queued
     // (and show in the send log) rather than vanish into a sink.
-    let relay = format!("127.0.0.1:{}", free_port());
-    let d = Daemon::start(&dir.join("data"), &["--relay".into(), relay], ADMIN);
-    let key = d.create_key(ADMIN, "example.com");
-    let other = d.create_key(ADMIN, "other.example");
-    let url = d.url("/v1/messages");
+    let d = Daemon::builder(dir.join("data")).relay(free_port()).start();
+    let key = d.create_key("example.com");
+    let other = d.create_key("other.example");
     let ok = json!({"from": "app@example.com", "to": ["a@dest.example"], "text": "hi"});
     let with = |field: &str, value: Value| {
         let mut v = ok.clone();
@@ -148,9 +144,10 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
         ),
     ];
     for Case(what, k, body, status, code, field) in &table {
-        let (s, text) =
-            http("POST", &url, Some(k), Some(body)).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let r = d
+            .try_request("POST", "/v1/messages", Some(k), Some(body))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (s, text, v) = (r.status, &r.body, r.json());
         assert_eq!(s, *status, "{what}: {text}");
         if !code.is_empty() {
             assert_eq!(v["error"]["code"], *code, "{what}: {text}");
@@ -165,24 +162,23 @@ fn invalid_input_gets_its_documented_error_and_nothing_is_stored() {
         // Nothing stored, for either tenant.
         assert!(send_log(&d, &key).is_empty(), "{what} stored something");
         assert!(send_log(&d, &other).is_empty(), "{what} stored something");
-        assert_eq!(spool_files(&d.data), 0, "{what} wrote a spool file");
+        assert_eq!(spool_files(d.data()), 0, "{what} wrote a spool file");
     }
-    let (_, metrics) = http("GET", &d.url("/metrics"), None, None).expect("metrics");
+    let metrics = d.metrics();
     assert!(
         metrics.contains("outpost_accepted_messages_total 0"),
         "{metrics}"
     );
 
     // Another tenant's message is not found (not forbidden: its existence is not revealed).
-    let (s, v) = d.json(
-        "POST",
+    let (s, v) = d.post(
         "/v1/messages",
         Some(&other),
-        Some(&json!({"from": "app@other.example", "to": ["a@dest.example"], "text": "hi"})),
+        json!({"from": "app@other.example", "to": ["a@dest.example"], "text": "hi"}),
     );
     assert_eq!(s, 202, "{v}");
     let theirs = v["id"].as_str().expect("id").to_string();
-    let (s, v) = d.json("GET", &format!("/v1/messages/{theirs}"), Some(&key), None);
+    let (s, v) = d.get(&format!("/v1/messages/{theirs}"), Some(&key));
     assert_eq!((s, &v["error"]["code"]), (404, &json!("not_found")), "{v}");
     assert!(send_log(&d, &key).is_empty());
     assert_eq!(send_log(&d, &other).len(), 1);

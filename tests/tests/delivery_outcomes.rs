@@ -7,16 +7,15 @@
 //! - the first MX down: the second one is used;
 //! - STARTTLS when offered: verified with `--tls-ca-file`, still encrypted without.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use outpost_tests::delivery_daemon::{Daemon, free_port, poll, require, scratch_dir};
 use outpost_tests::dnsmasq::{self, Dnsmasq, host, mx};
 use outpost_tests::pki::TestPki;
 use outpost_tests::sinks::{AioOptions, AioSink, PostfixSink, counts};
+use outpost_tests::{Daemon, DaemonBuilder, free_port, have, poll, require, scratch_dir};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "e2e-admin-key-0123456789";
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn have_dnsmasq() -> bool {
@@ -25,13 +24,10 @@ fn have_dnsmasq() -> bool {
 
 /// `POST /v1/messages` from app@example.com to `to`; returns (id, Message-ID header).
 fn send(d: &Daemon, key: &str, to: &str, subject: &str) -> (String, String) {
-    let (status, v) = d.json(
-        "POST",
-        "/v1/messages",
-        Some(key),
-        Some(&json!({"from": "app@example.com", "to": [to], "subject": subject, "text": "hello"})),
+    let v = d.submit(
+        key,
+        &json!({"from": "app@example.com", "to": [to], "subject": subject, "text": "hello"}),
     );
-    assert_eq!(status, 202, "{v}");
     (
         v["id"].as_str().expect("id").to_string(),
         v["message_id"].as_str().expect("message_id").to_string(),
@@ -39,26 +35,8 @@ fn send(d: &Daemon, key: &str, to: &str, subject: &str) -> (String, String) {
 }
 
 /// A daemon resolving MX hosts through `dns`, connecting to them on `mx_port`.
-fn daemon_via(dns: &Dnsmasq, mx_port: u16, data: &Path, extra: &[String]) -> Daemon {
-    let mut args = vec![
-        "--dns".to_string(),
-        dns.addr(),
-        "--mx-port".to_string(),
-        mx_port.to_string(),
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start(data, &args, ADMIN)
-}
-
-/// A config file with one short retry delay, no jitter, so a deferral retries in 2 s.
-fn fast_retry_config(dir: &Path) -> PathBuf {
-    let path = dir.join("outpost.toml");
-    std::fs::write(
-        &path,
-        "retry_schedule = [\"2s\"]\nretry_jitter_percent = 0\n",
-    )
-    .expect("write config");
-    path
+fn daemon_via(dns: &Dnsmasq, mx_port: u16, data: PathBuf) -> DaemonBuilder {
+    Daemon::builder(data).args(["--dns", &dns.addr(), "--mx-port", &mx_port.to_string()])
 }
 
 /// The attempts of a message (the timeline), ordered by attempt number.
@@ -81,8 +59,8 @@ fn delivered_to_the_mx_found_in_dns_and_counted_at_the_sink() {
         host("mx.dest.example", "127.0.0.1"),
     ])
     .expect("dnsmasq starts");
-    let mut d = daemon_via(&dns, port, &dir.join("data"), &[]);
-    let key = d.create_key(ADMIN, "example.com");
+    let mut d = daemon_via(&dns, port, dir.join("data")).start();
+    let key = d.create_key("example.com");
 
     let sent: Vec<(String, String)> = (1..=3)
         .map(|i| send(&d, &key, &format!("rcpt{i}@dest.example"), "delivered"))
@@ -100,7 +78,7 @@ fn delivered_to_the_mx_found_in_dns_and_counted_at_the_sink() {
         assert_eq!(a[0]["smtp_code"], 250, "{m:#}");
         assert_eq!(a[0]["mx"], "mx.dest.example", "{m:#}");
     }
-    assert_eq!(d.terminate(WITHIN).code(), Some(0));
+    assert_eq!(d.terminate_within(WITHIN).code(), Some(0));
     let log = d.log();
     assert!(
         !log.contains("rcpt1@dest.example") && !log.contains("app@example.com"),
@@ -130,14 +108,11 @@ fn a_4xx_is_deferred_then_delivered_on_retry() {
         host("mx.retry.example", "127.0.0.1"),
     ])
     .expect("dnsmasq starts");
-    let config = fast_retry_config(&dir);
-    let d = daemon_via(
-        &dns,
-        port,
-        &dir.join("data"),
-        &["--config".into(), config.display().to_string()],
-    );
-    let key = d.create_key(ADMIN, "example.com");
+    // One short retry delay, no jitter, so a deferral retries in 2 s.
+    let d = daemon_via(&dns, port, dir.join("data"))
+        .config("retry_schedule = [\"2s\"]\nretry_jitter_percent = 0\n")
+        .start();
+    let key = d.create_key("example.com");
     let (id, mid) = send(&d, &key, "later@retry.example", "deferred then delivered");
 
     // The first answer is a 451: the recipient is deferred, with a next attempt planned.
@@ -191,8 +166,8 @@ fn a_5xx_bounces_with_code_enhanced_code_and_category() {
         host("mx.bounce.example", "127.0.0.1"),
     ])
     .expect("dnsmasq starts");
-    let d = daemon_via(&dns, port, &dir.join("data"), &[]);
-    let key = d.create_key(ADMIN, "example.com");
+    let d = daemon_via(&dns, port, dir.join("data")).start();
+    let key = d.create_key("example.com");
     let (id, _) = send(&d, &key, "nobody@bounce.example", "bounces");
 
     let m = d.wait_status(&key, &id, "bounced", WITHIN);
@@ -229,8 +204,8 @@ fn the_first_mx_down_the_second_is_used() {
         host("mx2.two.example", "127.0.0.1"),
     ])
     .expect("dnsmasq starts");
-    let d = daemon_via(&dns, port, &dir.join("data"), &[]);
-    let key = d.create_key(ADMIN, "example.com");
+    let d = daemon_via(&dns, port, dir.join("data")).start();
+    let key = d.create_key("example.com");
     let (id, mid) = send(&d, &key, "someone@two.example", "second MX");
 
     let m = d.wait_status(&key, &id, "delivered", WITHIN);
@@ -247,13 +222,7 @@ fn the_first_mx_down_the_second_is_used() {
 fn starttls_is_used_when_offered_verified_only_with_the_ca() {
     if !(have_dnsmasq()
         && require(AioSink::available(), "python3 with aiosmtpd")
-        && require(
-            std::process::Command::new("openssl")
-                .arg("version")
-                .output()
-                .is_ok(),
-            "openssl",
-        ))
+        && require(have("openssl"), "openssl"))
     {
         return;
     }
@@ -277,16 +246,14 @@ fn starttls_is_used_when_offered_verified_only_with_the_ca() {
 
     // With the test CA trusted, the certificate verifies; without it, the session is still
     // encrypted (opportunistic TLS) and recorded as unverified.
-    let with_ca = daemon_via(
-        &dns,
-        port,
-        &dir.join("data-ca"),
-        &["--tls-ca-file".into(), pki.ca_cert.display().to_string()],
-    );
-    let without_ca = daemon_via(&dns, port, &dir.join("data-noca"), &[]);
+    let with_ca = daemon_via(&dns, port, dir.join("data-ca"))
+        .arg("--tls-ca-file")
+        .arg(pki.ca_cert.display().to_string())
+        .start();
+    let without_ca = daemon_via(&dns, port, dir.join("data-noca")).start();
     let mut mids = Vec::new();
     for (d, verified) in [(&with_ca, true), (&without_ca, false)] {
-        let key = d.create_key(ADMIN, "example.com");
+        let key = d.create_key("example.com");
         let (id, mid) = send(d, &key, "secure@tls.example", "over TLS");
         let m = d.wait_status(&key, &id, "delivered", WITHIN);
         let a = attempts(&m);

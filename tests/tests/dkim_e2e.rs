@@ -7,54 +7,20 @@
 //! Skipped when they are missing, except under CI.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use outpost_tests::dnsmasq::{self, Dnsmasq, txt};
+use outpost_tests::{
+    ADMIN, Daemon, free_port, outpost_bin, python_has, require, scratch_dir, stdout,
+};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "e2e-admin-key-0123456789";
 const DOMAIN: &str = "example.com";
 const PUBLIC_IP: &str = "192.0.2.10";
-
-fn outpost_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "outpost", "--bin", "outpost"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the daemon failed");
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = dir.join("outpost");
-        assert!(bin.is_file(), "no daemon binary at {}", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// A fresh directory under the target directory (never /tmp).
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("outpost-dkim-e2e")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
 
 fn py(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,88 +30,18 @@ fn py(name: &str) -> PathBuf {
 
 /// Whether the real peers are here; under CI their absence is a failure.
 fn peers_available() -> bool {
-    let dnsmasq = Path::new("/usr/sbin/dnsmasq").is_file();
-    let python = Command::new("python3")
-        .args(["-c", "import dkim, nacl, dns.message, aiosmtpd"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if dnsmasq && python {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "dnsmasq and python3 dkimpy/PyNaCl/dnspython/aiosmtpd are needed (scripts/install-test-deps.sh)"
-    );
-    eprintln!("skipped: dnsmasq or dkimpy/dnspython/aiosmtpd missing");
-    false
+    require(
+        dnsmasq::binary().is_some() && python_has("dkim, nacl, dns.message, aiosmtpd"),
+        "dnsmasq and python3 dkimpy/PyNaCl/dnspython/aiosmtpd",
+    )
 }
-
-// ---- dnsmasq ----
 
 /// dnsmasq on a fixed loopback port, authoritative-ish for `example.com` (unknown names
 /// there answer NXDOMAIN), with the given TXT records. Restarted to change them.
-struct Dnsmasq {
-    child: Child,
-}
-
-impl Dnsmasq {
-    fn start(port: u16, txt: &[(String, String)]) -> Dnsmasq {
-        let mut args = vec![
-            "--keep-in-foreground".to_string(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--no-daemon".into(),
-            "--bind-interfaces".into(),
-            "--listen-address=127.0.0.1".into(),
-            "--pid-file".into(),
-            "--user=root".into(),
-            format!("--port={port}"),
-            format!("--local=/{DOMAIN}/"),
-            "--no-negcache".into(),
-        ];
-        for (name, value) in txt {
-            // One character-string is at most 255 octets: split long values (the parts
-            // are joined again by every reader, RFC 6376 3.6.2.2).
-            let parts: Vec<String> = value
-                .as_bytes()
-                .chunks(200)
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect();
-            args.push(format!("--txt-record={name},{}", parts.join(",")));
-        }
-        let child = Command::new("/usr/sbin/dnsmasq")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dnsmasq");
-        // Ready when it answers.
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("python3")
-                .args([
-                    "-c",
-                    &format!(
-                        "import dns.message,dns.query;dns.query.udp(dns.message.make_query('{DOMAIN}','TXT'),'127.0.0.1',port={port},timeout=0.5)"
-                    ),
-                ])
-                .output()
-                .expect("python3");
-            if out.status.success() {
-                break;
-            }
-            assert!(Instant::now() < end, "dnsmasq did not answer");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Dnsmasq { child }
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn dns_with(port: u16, records: &[(String, String)]) -> Dnsmasq {
+    let mut args = vec![format!("--local=/{DOMAIN}/"), "--no-negcache".into()];
+    args.extend(records.iter().map(|(name, value)| txt(name, value)));
+    Dnsmasq::start_on(port, &args).expect("start dnsmasq")
 }
 
 // ---- the sink ----
@@ -206,108 +102,9 @@ impl Drop for Sink {
     }
 }
 
-// ---- the daemon ----
-
-struct Daemon {
-    child: Child,
-    http: String,
-    data: PathBuf,
-    log: Arc<Mutex<String>>,
-    /// Every API response body, to search for key material.
-    responses: Vec<String>,
-}
-
-impl Daemon {
-    fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        let data = dir.join("data");
-        let http = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(outpost_bin())
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--http", &http, "--hostname", "outpost.test"])
-            .args(extra)
-            .env("OUTPOST_ADMIN_KEY", ADMIN)
-            // As verbose as it gets: a key must not show up at any level.
-            .env("RUST_LOG", "trace")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                sink.lock().expect("lock").push_str(&(line + "\n"));
-            }
-        });
-        let d = Daemon {
-            child,
-            http,
-            data,
-            log,
-            responses: Vec::new(),
-        };
-        let end = Instant::now() + Duration::from_secs(60);
-        while !d.log.lock().expect("lock").contains("outpost started") {
-            assert!(
-                Instant::now() < end,
-                "the daemon did not start:\n{}",
-                d.log.lock().expect("lock")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn call(&mut self, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        let url = format!("http://{}{path}", self.http);
-        let auth = format!("Bearer {key}");
-        let resp = match method {
-            "POST" => agent
-                .post(&url)
-                .header("authorization", &auth)
-                .header("content-type", "application/json")
-                .send(body.unwrap_or(json!({})).to_string()),
-            "DELETE" => agent.delete(&url).header("authorization", &auth).call(),
-            _ => agent.get(&url).header("authorization", &auth).call(),
-        }
-        .expect("HTTP request");
-        let status = resp.status().as_u16();
-        let mut text = String::new();
-        resp.into_body()
-            .into_reader()
-            .read_to_string(&mut text)
-            .expect("body");
-        self.responses.push(text.clone());
-        let v = serde_json::from_str(&text).unwrap_or(Value::Null);
-        (status, v)
-    }
-
-    fn send(&mut self, key: &str, body: Value) -> String {
-        let (status, v) = self.call("POST", "/v1/messages", key, Some(body));
-        assert_eq!(status, 202, "{v}");
-        v["id"].as_str().expect("id").to_string()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The daemon on `dir/data`, as verbose as it gets: a key must not show up at any level.
+fn daemon(dir: &Path) -> outpost_tests::DaemonBuilder {
+    Daemon::builder(dir.join("data")).rust_log("trace")
 }
 
 // ---- SMTP submission ----
@@ -447,16 +244,8 @@ fn record(created: &Value, alg: &str) -> (String, String, String) {
 }
 
 fn cli_check(d: &Daemon) -> (i32, String) {
-    let out = Command::new(outpost_bin())
-        .args(["domains", "check", DOMAIN, "--api"])
-        .arg(format!("http://{}", d.http))
-        .env("OUTPOST_ADMIN_KEY", ADMIN)
-        .output()
-        .expect("outpost domains check");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let out = d.cli(&["domains", "check", DOMAIN, "--api", &d.base()]);
+    (out.status.code().unwrap_or(-1), stdout(&out))
 }
 
 #[test]
@@ -464,54 +253,36 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     if !peers_available() {
         return;
     }
-    let dir = scratch("flow");
+    let dir = scratch_dir("dkim-flow");
     let dns_port = free_port();
-    let mut dns = Dnsmasq::start(dns_port, &[]);
+    let mut dns = dns_with(dns_port, &[]);
     let mut sink = Sink::start(dir.join("sink"));
-    let relay = format!("127.0.0.1:{}", sink.port);
-    let dns_addr = format!("127.0.0.1:{dns_port}");
-    let smtp_port = free_port();
-    let smtp_addr = format!("127.0.0.1:{smtp_port}");
-    let mut d = Daemon::start(
-        &dir,
-        &[
-            "--relay",
-            &relay,
+    let d = daemon(&dir)
+        .relay(sink.port)
+        .args([
             "--dns",
-            &dns_addr,
+            &format!("127.0.0.1:{dns_port}"),
             "--public-ip",
             PUBLIC_IP,
-            "--smtp",
-            &smtp_addr,
-        ],
-    );
-    let (status, v) = d.call("POST", "/v1/keys", ADMIN, Some(json!({"domain": DOMAIN})));
-    assert_eq!(status, 201, "{v}");
-    let key = v["key"].as_str().expect("key").to_string();
+        ])
+        .smtp()
+        .start();
+    let key = d.create_key(DOMAIN);
 
     // Before the domain has a key, mail goes out unsigned (signing starts with a key).
-    d.send(
-        &key,
-        json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "before", "text": "x"}),
-    );
+    d.submit(&key, &json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "before", "text": "x"}));
     let (_, msg) = sink.next();
     assert!(!String::from_utf8_lossy(&msg).contains("DKIM-Signature"));
 
     // Another tenant cannot manage this domain; unknown domains are 404.
-    let (_, other) = d.call(
-        "POST",
-        "/v1/keys",
-        ADMIN,
-        Some(json!({"domain": "other.test"})),
-    );
-    let other_key = other["key"].as_str().expect("key").to_string();
-    let (status, _) = d.call("POST", "/v1/domains/example.com/dkim", &other_key, None);
+    let other_key = d.create_key("other.test");
+    let (status, _) = d.post("/v1/domains/example.com/dkim", Some(&other_key), json!({}));
     assert_eq!(status, 404);
-    let (status, _) = d.call("GET", "/v1/domains/unknown.test", ADMIN, None);
+    let (status, _) = d.get("/v1/domains/unknown.test", Some(ADMIN));
     assert_eq!(status, 404);
 
     // The tenant creates its keys (RSA-2048 + Ed25519) with its own key.
-    let (status, created) = d.call("POST", "/v1/domains/example.com/dkim", &key, None);
+    let (status, created) = d.post("/v1/domains/example.com/dkim", Some(&key), json!({}));
     assert_eq!(status, 201, "{created}");
     let (rsa_sel, rsa_name, rsa_value) = record(&created, "rsa-sha256");
     let (ed_sel, ed_name, ed_value) = record(&created, "ed25519-sha256");
@@ -527,16 +298,15 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     assert!(ed_value.starts_with("v=DKIM1; k=ed25519; p="), "{ed_value}");
     let base = rsa_sel.trim_end_matches("-rsa").to_string();
     // The same selector again is a conflict.
-    let (status, _) = d.call(
-        "POST",
+    let (status, _) = d.post(
         "/v1/domains/example.com/dkim",
-        &key,
-        Some(json!({"selector": base})),
+        Some(&key),
+        json!({"selector": base}),
     );
     assert_eq!(status, 409);
 
     // Private keys: 0600 files in a 0700 directory.
-    let key_dir = d.data.join("dkim").join(DOMAIN);
+    let key_dir = d.data().join("dkim").join(DOMAIN);
     let mut pems = Vec::new();
     {
         use std::os::unix::fs::PermissionsExt;
@@ -550,7 +320,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     }
 
     // Nothing published yet: everything is missing.
-    let (status, report) = d.call("GET", "/v1/domains/example.com", &key, None);
+    let (status, report) = d.get("/v1/domains/example.com", Some(&key));
     assert_eq!(status, 200, "{report}");
     assert_eq!(status_of(&report, &rsa_sel), "missing", "{report}");
     assert_eq!(status_of(&report, &ed_sel), "missing");
@@ -579,7 +349,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
 
     // Published wrongly: the Ed25519 name holds the RSA record, SPF lacks our address.
     drop(dns);
-    dns = Dnsmasq::start(
+    dns = dns_with(
         dns_port,
         &[
             (rsa_name.clone(), rsa_value.clone()),
@@ -588,7 +358,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
             (format!("_dmarc.{DOMAIN}"), dmarc_value.clone()),
         ],
     );
-    let (_, report) = d.call("GET", "/v1/domains/example.com", ADMIN, None);
+    let (_, report) = d.get("/v1/domains/example.com", Some(ADMIN));
     assert_eq!(status_of(&report, &rsa_sel), "ok", "{report}");
     assert_eq!(status_of(&report, &ed_sel), "mismatch", "{report}");
     assert_eq!(report["spf"]["status"], "mismatch", "{report}");
@@ -602,8 +372,8 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
         (DOMAIN.to_string(), spf_value.clone()),
         (format!("_dmarc.{DOMAIN}"), dmarc_value.clone()),
     ];
-    dns = Dnsmasq::start(dns_port, &published);
-    let (_, report) = d.call("GET", "/v1/domains/example.com", &key, None);
+    dns = dns_with(dns_port, &published);
+    let (_, report) = d.get("/v1/domains/example.com", Some(&key));
     assert_eq!(status_of(&report, &rsa_sel), "ok", "{report}");
     assert_eq!(status_of(&report, &ed_sel), "ok", "{report}");
     assert_eq!(report["spf"]["status"], "ok", "{report}");
@@ -623,9 +393,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     // 1. The JSON API: UTF-8 subject and names, Cc, Reply-To, List-Unsubscribe, a long
     //    line, a leading dot.
     let long_line = "lorem ipsum dolor sit amet ".repeat(120);
-    d.send(
-        &key,
-        json!({
+    d.submit(&key, &json!({
             "from": "Jörg Müller <app@example.com>",
             "to": ["Zoë <zoe@dest.example>"],
             "cc": ["cc@dest.example"],
@@ -634,8 +402,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
             "text": format!("Hallo!\n.leading dot\n{long_line}\n\n\n"),
             "html": "<p>Grüße</p>",
             "headers": {"List-Unsubscribe": "<mailto:unsubscribe@example.com>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        }),
-    );
+        }));
     let (path, msg) = sink.next();
     let sigs = assert_verifies(dns_port, &path, &both);
     let h = sigs[0].h.to_ascii_lowercase();
@@ -675,9 +442,9 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
          Content-Transfer-Encoding: 8bit\r\n\r\nÄ body line\r\n..two dots\r\n{}\r\n\r\n",
         "x".repeat(990)
     );
-    d.send(
+    d.submit(
         &key,
-        json!({
+        &json!({
             "from": "app@example.com",
             "to": ["zoë@dest.example"],
             "raw": base64::engine::general_purpose::STANDARD.encode(raw.as_bytes()),
@@ -701,7 +468,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     let eml = dir.join("submitted.eml");
     std::fs::write(&eml, submitted.as_bytes()).expect("write");
     let reply = smtp_submit(
-        smtp_port,
+        d.smtp(),
         DOMAIN,
         &key,
         "app@example.com",
@@ -746,11 +513,10 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
         .expect("openssl");
     assert!(pem.status.success());
     let pem = String::from_utf8(pem.stdout).expect("pem");
-    let (status, imported) = d.call(
-        "POST",
+    let (status, imported) = d.post(
         "/v1/domains/example.com/dkim",
-        ADMIN,
-        Some(json!({"selector": "rotated", "private_key": pem})),
+        Some(ADMIN),
+        json!({"selector": "rotated", "private_key": pem}),
     );
     assert_eq!(status, 201, "{imported}");
     let (new_sel, new_name, new_value) = record(&imported, "rsa-sha256");
@@ -758,11 +524,8 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     pems.push(pem.clone());
     drop(dns);
     published.push((new_name, new_value));
-    dns = Dnsmasq::start(dns_port, &published);
-    d.send(
-        &key,
-        json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "rotation", "text": "three signatures"}),
-    );
+    dns = dns_with(dns_port, &published);
+    d.submit(&key, &json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "rotation", "text": "three signatures"}));
     let (path, _) = sink.next();
     assert_verifies(
         dns_port,
@@ -771,12 +534,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
     );
 
     // Retiring the old selectors (by their base name) stops them signing.
-    let (status, retired) = d.call(
-        "DELETE",
-        &format!("/v1/domains/example.com/dkim/{base}"),
-        &key,
-        None,
-    );
+    let (status, retired) = d.delete(&format!("/v1/domains/example.com/dkim/{base}"), Some(&key));
     assert_eq!(status, 200, "{retired}");
     assert_eq!(
         retired["retired"].as_array().map(Vec::len),
@@ -784,22 +542,19 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
         "{retired}"
     );
     assert!(!key_dir.join(format!("{rsa_sel}.rsa.pem")).exists());
-    d.send(
-        &key,
-        json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "retired", "text": "one signature"}),
-    );
+    d.submit(&key, &json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "retired", "text": "one signature"}));
     let (path, _) = sink.next();
     assert_verifies(dns_port, &path, &[("rsa-sha256", "rotated")]);
 
     // No private key in any response, log line or event.
-    let (_, events) = d.call("GET", "/v1/events?limit=1000", &key, None);
+    let (_, events) = d.get("/v1/events?limit=1000", Some(&key));
     assert!(events["data"].as_array().is_some_and(|e| !e.is_empty()));
     let log = d.log();
     assert!(
         log.contains("DKIM key added"),
         "the log should say what happened"
     );
-    let everything = format!("{log}\n{}", d.responses.join("\n"));
+    let everything = format!("{log}\n{}", d.responses().join("\n"));
     assert!(!everything.contains("PRIVATE KEY"));
     for pem in &pems {
         for line in pem
@@ -817,7 +572,7 @@ fn tenant_creates_keys_publishes_records_and_every_message_verifies() {
 
 #[test]
 fn invalid_dkim_settings_stop_the_start_and_are_named() {
-    let dir = scratch("badconfig");
+    let dir = scratch_dir("dkim-badconfig");
     for (text, setting) in [
         (
             "[dkim.domains.\"example.com\"]\nalgorithms = [\"ed25519-sha256\"]\n",
@@ -850,27 +605,21 @@ fn a_domain_with_dkim_disabled_in_the_config_is_not_signed() {
     if !peers_available() {
         return;
     }
-    let dir = scratch("disabled");
-    let cfg = dir.join("outpost.toml");
-    std::fs::write(&cfg, "[dkim.domains.\"example.com\"]\nenabled = false\n").expect("write");
+    let dir = scratch_dir("dkim-disabled");
     let mut sink = Sink::start(dir.join("sink"));
-    let relay = format!("127.0.0.1:{}", sink.port);
-    let cfg = cfg.to_str().expect("utf8").to_string();
-    let mut d = Daemon::start(&dir, &["--relay", &relay, "--config", &cfg]);
-    let (_, v) = d.call("POST", "/v1/keys", ADMIN, Some(json!({"domain": DOMAIN})));
-    let key = v["key"].as_str().expect("key").to_string();
-    let (status, created) = d.call(
-        "POST",
+    let d = daemon(&dir)
+        .relay(sink.port)
+        .config("[dkim.domains.\"example.com\"]\nenabled = false\n")
+        .start();
+    let key = d.create_key(DOMAIN);
+    let (status, created) = d.post(
         "/v1/domains/example.com/dkim",
-        &key,
-        Some(json!({"algorithms": ["rsa-sha256"]})),
+        Some(&key),
+        json!({"algorithms": ["rsa-sha256"]}),
     );
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["created"][0]["signing"], false, "{created}");
-    d.send(
-        &key,
-        json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "off", "text": "x"}),
-    );
+    d.submit(&key, &json!({"from": "app@example.com", "to": ["a@dest.example"], "subject": "off", "text": "x"}));
     let (_, msg) = sink.next();
     assert!(!String::from_utf8_lossy(&msg).contains("DKIM-Signature"));
 }

@@ -3,23 +3,15 @@
 //! `delivery_attempts`), the admin routes show and force it; the clean-up removes an old
 //! orphan and leaves live and young files alone.
 
-mod events_support;
-
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use events_support::*;
 use outpost_core::MessageId;
-use outpost_tests::daemon::{Daemon, free_port, fresh_dir};
+use outpost_tests::{ADMIN, Daemon, free_port, poll, scratch_dir};
 use serde_json::Value;
 
-fn breaker(base: &str, domain: &str) -> Option<Value> {
-    let (s, v) = call(
-        "GET",
-        &format!("{base}/v1/admin/breakers"),
-        Some(ADMIN),
-        None,
-    );
+fn breaker(d: &Daemon, domain: &str) -> Option<Value> {
+    let (s, v) = d.get("/v1/admin/breakers", Some(ADMIN));
     assert_eq!(s, 200, "{v}");
     v["data"]
         .as_array()
@@ -28,55 +20,32 @@ fn breaker(base: &str, domain: &str) -> Option<Value> {
 
 #[test]
 fn a_failing_destination_is_open_right_after_a_restart() {
-    let dir = fresh_dir(
-        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-        "events-breaker",
-    );
     // Nothing listens there: every connection is refused.
-    let relay = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        &dir,
-        "retry_schedule = [\"1s\"]\nretry_jitter_percent = 0\n",
-    );
-    let args = ["--relay", &relay, "--config", &config];
-    let data = dir.join("data");
-    let mut d = Daemon::start(&data, &args, ADMIN);
-    let base = d.url("");
-    let key = tenant_key(&base, "example.com");
+    let mut d = Daemon::builder(scratch_dir("events-breaker").join("data"))
+        .relay(free_port())
+        .config("retry_schedule = [\"1s\"]\nretry_jitter_percent = 0\n")
+        .start();
+    let key = d.create_key("example.com");
     let ids: Vec<String> = (0..5)
-        .map(|i| {
-            send(
-                &base,
-                &key,
-                "app@example.com",
-                &format!("r{i}@down.example"),
-            )
-        })
+        .map(|i| d.send(&key, "app@example.com", &format!("r{i}@down.example")))
         .collect();
-    let before = wait_for("the breaker to open", Duration::from_secs(60), || {
-        breaker(&base, "down.example").filter(|b| b["state"] == "open")
+    let before = poll(Duration::from_secs(60), "the breaker to open", || {
+        breaker(&d, "down.example").filter(|b| b["state"] == "open")
     });
     assert!(
         before["consecutive_failures"].as_u64() >= Some(5),
         "{before}"
     );
     // Attempts are in the timeline (connection refused, no SMTP code).
-    let (_, m) = call(
-        "GET",
-        &format!("{base}/v1/messages/{}", ids[0]),
-        Some(&key),
-        None,
-    );
+    let (_, m) = d.get(&format!("/v1/messages/{}", ids[0]), Some(&key));
     let a = &m["attempts"][0];
     assert_eq!(a["status"], "deferred", "{m}");
     assert!(a["smtp_code"].is_null() && a["response"].is_string(), "{a}");
 
     assert_eq!(d.terminate().code(), Some(0));
-    drop(d);
-    let mut d = Daemon::start(&data, &args, ADMIN);
-    let base = d.url("");
+    let mut d = d.restart();
     // Open at once, from the attempts of the last hour.
-    let b = breaker(&base, "down.example").expect("warmed-up breaker");
+    let b = breaker(&d, "down.example").expect("warmed-up breaker");
     assert_eq!(b["state"], "open", "{b}");
     assert!(b["consecutive_failures"].as_u64() >= Some(5), "{b}");
     assert!(b["last_failure"].is_string(), "{b}");
@@ -87,50 +56,41 @@ fn a_failing_destination_is_open_right_after_a_restart() {
     assert_eq!(b["forced"], false);
 
     // The admin key only.
-    let (s, _) = call(
-        "GET",
-        &format!("{base}/v1/admin/breakers"),
-        Some(&key),
-        None,
-    );
+    let (s, _) = d.get("/v1/admin/breakers", Some(&key));
     assert_eq!(s, 403);
-    let (s, _) = call("GET", &format!("{base}/v1/admin/breakers"), None, None);
+    let (s, _) = d.get("/v1/admin/breakers", None);
     assert_eq!(s, 401);
-    let (s, _) = call(
-        "POST",
-        &format!("{base}/v1/admin/breakers/down.example"),
+    let (s, _) = d.post(
+        "/v1/admin/breakers/down.example",
         Some(&key),
-        Some(r#"{"state":"closed"}"#),
+        r#"{"state":"closed"}"#,
     );
     assert_eq!(s, 403);
     // Forced closed, then forced open.
-    let (s, v) = call(
-        "POST",
-        &format!("{base}/v1/admin/breakers/down.example"),
+    let (s, v) = d.post(
+        "/v1/admin/breakers/down.example",
         Some(ADMIN),
-        Some(r#"{"state":"closed"}"#),
+        r#"{"state":"closed"}"#,
     );
     assert_eq!(s, 200, "{v}");
-    let b = breaker(&base, "down.example");
+    let b = breaker(&d, "down.example");
     assert!(b.as_ref().is_none_or(|b| b["state"] != "open"), "{b:?}");
-    let (s, v) = call(
-        "POST",
-        &format!("{base}/v1/admin/breakers/other.example"),
+    let (s, v) = d.post(
+        "/v1/admin/breakers/other.example",
         Some(ADMIN),
-        Some(r#"{"state":"open"}"#),
+        r#"{"state":"open"}"#,
     );
     assert_eq!(s, 200, "{v}");
-    let b = breaker(&base, "other.example").expect("forced");
+    let b = breaker(&d, "other.example").expect("forced");
     assert_eq!(b["state"], "open");
     assert_eq!(b["forced"], true);
     assert!(b["next_probe_at"].is_null(), "no probe while forced: {b}");
 
     // Without --allow-private-webhooks, loopback endpoints are refused.
-    let (s, v) = call(
-        "POST",
-        &format!("{base}/v1/webhooks"),
+    let (s, v) = d.post(
+        "/v1/webhooks",
         Some(&key),
-        Some(r#"{"url":"http://127.0.0.1:9/hook"}"#),
+        r#"{"url":"http://127.0.0.1:9/hook"}"#,
     );
     assert_eq!(s, 422, "{v}");
     assert_eq!(d.terminate().code(), Some(0));
@@ -150,19 +110,15 @@ fn spool_file(data: &std::path::Path, id: &str) -> PathBuf {
 
 #[test]
 fn spool_cleanup_removes_old_orphans_only() {
-    let dir = fresh_dir(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")), "events-spool");
-    let relay = format!("127.0.0.1:{}", free_port());
-    let config = write_config(
-        &dir,
-        "retry_schedule = [\"1h\"]\nspool_cleanup_interval = \"1s\"\n",
-    );
-    let data = dir.join("data");
-    let d = Daemon::start(&data, &["--relay", &relay, "--config", &config], ADMIN);
-    let base = d.url("");
-    let key = tenant_key(&base, "example.com");
+    let data = scratch_dir("events-spool").join("data");
+    let d = Daemon::builder(&data)
+        .relay(free_port())
+        .config("retry_schedule = [\"1h\"]\nspool_cleanup_interval = \"1s\"\n")
+        .start();
+    let key = d.create_key("example.com");
     // A live message (deferred: nothing listens at the relay).
-    let live = send(&base, &key, "app@example.com", "r@down.example");
-    wait_message_status(&base, &key, &live, "deferred", Duration::from_secs(30));
+    let live = d.send(&key, "app@example.com", "r@down.example");
+    d.wait_status(&key, &live, "deferred", Duration::from_secs(30));
     let live_path = spool_file(&data, &live);
     assert!(live_path.is_file(), "{}", live_path.display());
     const DAY: Duration = Duration::from_secs(86_400);
@@ -177,7 +133,7 @@ fn spool_cleanup_removes_old_orphans_only() {
         std::fs::write(&p, "Subject: orphan\r\n\r\nbody\r\n").expect("write");
         set_mtime(&p, age);
     }
-    wait_for("the orphan deleted", Duration::from_secs(30), || {
+    poll(Duration::from_secs(30), "the orphan deleted", || {
         (!spool_file(&data, &old).exists()).then_some(())
     });
     d.wait_for_log("deleting orphaned spool files", Duration::from_secs(5));
@@ -188,11 +144,6 @@ fn spool_cleanup_removes_old_orphans_only() {
         spool_file(&data, &young).is_file(),
         "the young orphan was deleted"
     );
-    let (_, m) = call(
-        "GET",
-        &format!("{base}/v1/messages/{live}"),
-        Some(&key),
-        None,
-    );
+    let (_, m) = d.get(&format!("/v1/messages/{live}"), Some(&key));
     assert_eq!(m["status"], "deferred");
 }

@@ -3,22 +3,18 @@
 //! does not hold back another, a delivery that failed for good is replayable (also after a
 //! daemon restart), and after a secret rotation both signatures verify.
 
-mod events_support;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use events_support::*;
-use outpost_tests::daemon::{Daemon, free_port, fresh_dir};
-use outpost_tests::python::{Receiver, SmtpSink, skip_without_python};
+use outpost_tests::python::{self, Receiver, SmtpSink};
+use outpost_tests::{Daemon, free_port, poll, require, scratch_dir};
 use serde_json::Value;
 
 /// Event ids the receiver answered 2xx, with how many requests it saw per id.
 fn seen(r: &Receiver) -> (BTreeSet<String>, BTreeMap<String, Vec<u64>>) {
     let mut ok = BTreeSet::new();
     let mut all: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for rec in received(r) {
+    for rec in r.received() {
         let Some(id) = rec["webhook_id"].as_str() else {
             continue;
         };
@@ -31,12 +27,11 @@ fn seen(r: &Receiver) -> (BTreeSet<String>, BTreeMap<String, Vec<u64>>) {
     (ok, all)
 }
 
-fn create_endpoint(base: &str, key: &str, url: &str, events: &str) -> (String, String) {
-    let (s, ep) = call(
-        "POST",
-        &format!("{base}/v1/webhooks"),
+fn create_endpoint(d: &Daemon, key: &str, url: &str, events: &str) -> (String, String) {
+    let (s, ep) = d.post(
+        "/v1/webhooks",
         Some(key),
-        Some(&format!(r#"{{"url":"{url}","events":{events}}}"#)),
+        format!(r#"{{"url":"{url}","events":{events}}}"#),
     );
     assert_eq!(s, 201, "{ep}");
     (
@@ -45,12 +40,10 @@ fn create_endpoint(base: &str, key: &str, url: &str, events: &str) -> (String, S
     )
 }
 
-fn deliveries(base: &str, key: &str, ep: &str) -> Vec<Value> {
-    let (s, v) = call(
-        "GET",
-        &format!("{base}/v1/webhooks/{ep}/deliveries?limit=100"),
+fn deliveries(d: &Daemon, key: &str, ep: &str) -> Vec<Value> {
+    let (s, v) = d.get(
+        &format!("/v1/webhooks/{ep}/deliveries?limit=100"),
         Some(key),
-        None,
     );
     assert_eq!(s, 200, "{v}");
     v["data"].as_array().cloned().unwrap_or_default()
@@ -58,52 +51,44 @@ fn deliveries(base: &str, key: &str, ep: &str) -> Vec<Value> {
 
 #[test]
 fn receivers_down_then_up_lose_nothing_and_rotation_signs_twice() {
-    if skip_without_python() {
+    if !require(
+        python::available(),
+        "python3 with standardwebhooks and aiosmtpd",
+    ) {
         return;
     }
-    let dir = fresh_dir(
-        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-        "events-retries",
-    );
+    let dir = scratch_dir("events-retries");
     let sink = SmtpSink::start(free_port());
     // r1 answers 503 to its first two verified requests: those are retried.
     let mut r1 = Receiver::start(&dir, free_port(), 2);
     let mut r2 = Receiver::start(&dir, free_port(), 0);
-    let config = write_config(
-        &dir,
-        r#"
+    let mut d = Daemon::builder(dir.join("data"))
+        .relay(sink.port)
+        .arg("--allow-private-webhooks")
+        .config(
+            r#"
 [webhooks]
 retry_schedule = ["1s"]
 retry_every = "1s"
 give_up_after = "15s"
 "#,
-    );
-    let relay = format!("127.0.0.1:{}", sink.port);
-    let args = [
-        "--relay",
-        &relay,
-        "--allow-private-webhooks",
-        "--config",
-        &config,
-    ];
-    let data = dir.join("data");
-    let mut d = Daemon::start(&data, &args, ADMIN);
-    let base = d.url("");
-    let key = tenant_key(&base, "example.com");
-    let (ep1, secret1) = create_endpoint(&base, &key, &r1.url(), "[]");
-    let (ep2, secret2) = create_endpoint(&base, &key, &r2.url(), r#"["message.delivered"]"#);
+        )
+        .start();
+    let key = d.create_key("example.com");
+    let (ep1, secret1) = create_endpoint(&d, &key, &r1.url(), "[]");
+    let (ep2, secret2) = create_endpoint(&d, &key, &r2.url(), r#"["message.delivered"]"#);
     r1.set_secrets(&[&secret1]);
     r2.set_secrets(&[&secret2]);
 
     // Both receivers down: connections refused.
     r1.down();
     r2.down();
-    let m1 = send(&base, &key, "app@example.com", "ok1@dest.example");
-    let m2 = send(&base, &key, "app@example.com", "ok2@dest.example");
+    let m1 = d.send(&key, "app@example.com", "ok1@dest.example");
+    let m2 = d.send(&key, "app@example.com", "ok2@dest.example");
     // Delivery does not wait for webhooks.
-    wait_message_status(&base, &key, &m1, "delivered", Duration::from_secs(30));
-    wait_message_status(&base, &key, &m2, "delivered", Duration::from_secs(30));
-    let events = all_events(&base, &key, None);
+    d.wait_status(&key, &m1, "delivered", Duration::from_secs(30));
+    d.wait_status(&key, &m2, "delivered", Duration::from_secs(30));
+    let events = d.events(&key, None);
     assert_eq!(events.len(), 4, "queued + delivered, twice: {events:?}");
     let ids: BTreeSet<String> = events
         .iter()
@@ -115,8 +100,8 @@ give_up_after = "15s"
         .filter_map(|e| e["id"].as_str().map(str::to_string))
         .collect();
     // Failed attempts are logged with their error, the delivery still pending.
-    let rows = wait_for("failed attempts logged", Duration::from_secs(20), || {
-        let rows = deliveries(&base, &key, &ep1);
+    let rows = poll(Duration::from_secs(20), "failed attempts logged", || {
+        let rows = deliveries(&d, &key, &ep1);
         (rows.len() == 4 && rows.iter().all(|r| r["attempts"].as_u64() >= Some(2))).then_some(rows)
     });
     for r in &rows {
@@ -129,7 +114,7 @@ give_up_after = "15s"
     // r1 comes back: every event arrives, verified; the two answered 503 come again with
     // the same webhook-id; each id is delivered (2xx) exactly once.
     r1.up(2);
-    wait_for("r1 has every event", Duration::from_secs(30), || {
+    poll(Duration::from_secs(30), "r1 has every event", || {
         let (ok, _) = seen(&r1);
         (ok == ids).then_some(())
     });
@@ -149,13 +134,13 @@ give_up_after = "15s"
         assert_eq!(statuses.last(), Some(&204), "{id}: {statuses:?}");
     }
     assert!(
-        received(&r1).iter().all(|r| r["ok"] == true),
+        r1.received().iter().all(|r| r["ok"] == true),
         "all verified"
     );
     // r2 was dead all along and did not hold r1 back. Its deliveries (only the
     // subscribed type) fail for good after `give_up_after`, and are kept.
-    let rows = wait_for("r2's deliveries failed", Duration::from_secs(40), || {
-        let rows = deliveries(&base, &key, &ep2);
+    let rows = poll(Duration::from_secs(40), "r2's deliveries failed", || {
+        let rows = deliveries(&d, &key, &ep2);
         (rows.len() == 2 && rows.iter().all(|r| r["state"] == "failed")).then_some(rows)
     });
     let got: BTreeSet<String> = rows
@@ -175,32 +160,29 @@ give_up_after = "15s"
 
     // Restart: the failed deliveries stay failed (not posted again by themselves)...
     assert_eq!(d.terminate().code(), Some(0));
-    drop(d);
-    d = Daemon::start(&data, &args, ADMIN);
-    let base = d.url("");
+    let mut d = d.restart();
     r2.up(0);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        received(&r2).is_empty(),
+        r2.received().is_empty(),
         "a failed delivery was re-sent by itself"
     );
     // ...and are replayable by hand, with the same webhook-id; attempt numbers continue.
     for id in &delivered_ids {
-        let (s, v) = call(
-            "POST",
-            &format!("{base}/v1/webhooks/{ep2}/deliveries/{id}/retry"),
+        let (s, v) = d.post(
+            &format!("/v1/webhooks/{ep2}/deliveries/{id}/retry"),
             Some(&key),
-            None,
+            "{}",
         );
         assert_eq!(s, 202, "{v}");
     }
-    wait_for("r2 got the replays", Duration::from_secs(20), || {
+    poll(Duration::from_secs(20), "r2 got the replays", || {
         let (ok, _) = seen(&r2);
         (ok == delivered_ids).then_some(())
     });
-    assert!(received(&r2).iter().all(|r| r["ok"] == true));
-    let rows = wait_for("replays logged", Duration::from_secs(10), || {
-        let rows = deliveries(&base, &key, &ep2);
+    assert!(r2.received().iter().all(|r| r["ok"] == true));
+    let rows = poll(Duration::from_secs(10), "replays logged", || {
+        let rows = deliveries(&d, &key, &ep2);
         rows.iter()
             .all(|r| r["state"] == "delivered")
             .then_some(rows)
@@ -214,30 +196,28 @@ give_up_after = "15s"
         );
     }
     // An unknown event id is 404.
-    let (s, _) = call(
-        "POST",
-        &format!("{base}/v1/webhooks/{ep2}/deliveries/evt_00000000000000000000000000/retry"),
+    let (s, _) = d.post(
+        &format!("/v1/webhooks/{ep2}/deliveries/evt_00000000000000000000000000/retry"),
         Some(&key),
-        None,
+        "{}",
     );
     assert_eq!(s, 404);
 
     // Rotation: from now on both the old and the new secret verify (24 h overlap).
-    let (s, rot) = call(
-        "POST",
-        &format!("{base}/v1/webhooks/{ep1}/rotate-secret"),
+    let (s, rot) = d.post(
+        &format!("/v1/webhooks/{ep1}/rotate-secret"),
         Some(&key),
-        None,
+        "{}",
     );
     assert_eq!(s, 200, "{rot}");
     let new_secret = rot["secret"].as_str().expect("secret").to_string();
     assert_ne!(new_secret, secret1);
     r1.set_secrets(&[&secret1, &new_secret]);
-    let before = received(&r1).len();
-    let m3 = send(&base, &key, "app@example.com", "ok3@dest.example");
-    wait_message_status(&base, &key, &m3, "delivered", Duration::from_secs(30));
-    let recs = wait_for("r1 got m3's events", Duration::from_secs(20), || {
-        let recs: Vec<Value> = received(&r1).into_iter().skip(before).collect();
+    let before = r1.received().len();
+    let m3 = d.send(&key, "app@example.com", "ok3@dest.example");
+    d.wait_status(&key, &m3, "delivered", Duration::from_secs(30));
+    let recs = poll(Duration::from_secs(20), "r1 got m3's events", || {
+        let recs: Vec<Value> = r1.received().into_iter().skip(before).collect();
         (recs.iter().filter(|r| r["status"] == 204).count() >= 2).then_some(recs)
     });
     for r in &recs {
@@ -247,21 +227,11 @@ give_up_after = "15s"
     }
 
     // Deleting an endpoint: gone from the list, its log 404.
-    let (s, _) = call(
-        "DELETE",
-        &format!("{base}/v1/webhooks/{ep2}"),
-        Some(&key),
-        None,
-    );
+    let (s, _) = d.delete(&format!("/v1/webhooks/{ep2}"), Some(&key));
     assert_eq!(s, 204);
-    let (_, list) = call("GET", &format!("{base}/v1/webhooks"), Some(&key), None);
+    let (_, list) = d.get("/v1/webhooks", Some(&key));
     assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
-    let (s, _) = call(
-        "GET",
-        &format!("{base}/v1/webhooks/{ep2}/deliveries"),
-        Some(&key),
-        None,
-    );
+    let (s, _) = d.get(&format!("/v1/webhooks/{ep2}/deliveries"), Some(&key));
     assert_eq!(s, 404);
     assert_eq!(d.terminate().code(), Some(0));
 }

@@ -4,31 +4,30 @@
 //! mailbox-full do not; a suppressed address gets no SMTP attempt; the pull API and its
 //! `type` filter agree with what the receiver got; the timeline shows every attempt.
 
-mod events_support;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use events_support::*;
-use outpost_tests::daemon::{Daemon, free_port, fresh_dir};
-use outpost_tests::python::{Receiver, SmtpSink, skip_without_python};
+use outpost_tests::http::{self, query_escape};
+use outpost_tests::python::{self, Receiver, SmtpSink};
+use outpost_tests::{Daemon, free_port, poll, require, scratch_dir};
 use serde_json::Value;
 
 #[test]
 fn events_are_signed_verified_and_hard_bounces_suppress() {
-    if skip_without_python() {
+    if !require(
+        python::available(),
+        "python3 with standardwebhooks and aiosmtpd",
+    ) {
         return;
     }
-    let dir = fresh_dir(
-        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
-        "events-webhooks",
-    );
+    let dir = scratch_dir("events-webhooks");
     let sink = SmtpSink::start(free_port());
     let receiver = Receiver::start(&dir, free_port(), 0);
-    let config = write_config(
-        &dir,
-        r#"
+    let d = Daemon::builder(dir.join("data"))
+        .relay(sink.port)
+        .arg("--allow-private-webhooks")
+        .config(
+            r#"
 retry_schedule = ["10s"]
 retry_jitter_percent = 0
 max_age = "1m"
@@ -36,29 +35,16 @@ max_age = "1m"
 retry_schedule = ["1s"]
 retry_every = "1s"
 "#,
-    );
-    let relay = format!("127.0.0.1:{}", sink.port);
-    let d = Daemon::start(
-        &dir.join("data"),
-        &[
-            "--relay",
-            &relay,
-            "--allow-private-webhooks",
-            "--config",
-            &config,
-        ],
-        ADMIN,
-    );
-    let base = d.url("");
-    let key = tenant_key(&base, "example.com");
+        )
+        .start();
+    let key = d.create_key("example.com");
 
     // An endpoint for every event type; the secret is shown once, `whsec_` + base64 of
     // at least 24 random bytes.
-    let (s, ep) = call(
-        "POST",
-        &format!("{base}/v1/webhooks"),
+    let (s, ep) = d.post(
+        "/v1/webhooks",
         Some(&key),
-        Some(&format!(r#"{{"url":"{}"}}"#, receiver.url())),
+        format!(r#"{{"url":"{}"}}"#, receiver.url()),
     );
     assert_eq!(s, 201, "{ep}");
     let secret = ep["secret"].as_str().expect("secret").to_string();
@@ -66,7 +52,7 @@ retry_every = "1s"
     let raw = outpost_core::webhook::parse_secret(&secret).expect("whsec_ + base64");
     assert!(raw.len() >= 24, "{} bytes", raw.len());
     let ep_id = ep["id"].as_str().expect("id").to_string();
-    let (s, list) = call("GET", &format!("{base}/v1/webhooks"), Some(&key), None);
+    let (s, list) = d.get("/v1/webhooks", Some(&key));
     assert_eq!(s, 200);
     assert_eq!(list["data"][0]["id"], ep_id.as_str());
     assert!(
@@ -74,27 +60,26 @@ retry_every = "1s"
         "secret shown again: {list}"
     );
     // Only http(s).
-    let (s, v) = call(
-        "POST",
-        &format!("{base}/v1/webhooks"),
+    let (s, v) = d.post(
+        "/v1/webhooks",
         Some(&key),
-        Some(r#"{"url":"ftp://hooks.example.com/x"}"#),
+        r#"{"url":"ftp://hooks.example.com/x"}"#,
     );
     assert_eq!(s, 422, "{v}");
     receiver.set_secrets(&[&secret]);
 
     let from = "app@example.com";
-    let ok = send(&base, &key, from, "ok@dest.example");
-    let unknown = send(&base, &key, from, "unknown@dest.example");
-    let blocked = send(&base, &key, from, "blocked@dest.example");
-    let full = send(&base, &key, from, "full@dest.example");
-    let later = send(&base, &key, from, "later@dest.example");
+    let ok = d.send(&key, from, "ok@dest.example");
+    let unknown = d.send(&key, from, "unknown@dest.example");
+    let blocked = d.send(&key, from, "blocked@dest.example");
+    let full = d.send(&key, from, "full@dest.example");
+    let later = d.send(&key, from, "later@dest.example");
     let within = Duration::from_secs(40);
-    wait_message_status(&base, &key, &ok, "delivered", within);
-    let bounced = wait_message_status(&base, &key, &unknown, "bounced", within);
-    wait_message_status(&base, &key, &blocked, "bounced", within);
-    wait_message_status(&base, &key, &full, "bounced", within);
-    wait_message_status(&base, &key, &later, "deferred", within);
+    d.wait_status(&key, &ok, "delivered", within);
+    let bounced = d.wait_status(&key, &unknown, "bounced", within);
+    d.wait_status(&key, &blocked, "bounced", within);
+    d.wait_status(&key, &full, "bounced", within);
+    d.wait_status(&key, &later, "deferred", within);
 
     // The timeline: every attempt with MX, IP, TLS, codes, category, response, duration.
     let a = &bounced["attempts"][0];
@@ -117,12 +102,13 @@ retry_every = "1s"
     assert!(a["at"].is_string(), "{a}");
 
     // Every event the pull API has reaches the receiver, verified by the library.
-    let events = wait_for(
-        "every event at the receiver",
+    let events = poll(
         Duration::from_secs(30),
+        "every event at the receiver",
         || {
-            let events = all_events(&base, &key, None);
-            let got: BTreeSet<String> = received(&receiver)
+            let events = d.events(&key, None);
+            let got: BTreeSet<String> = receiver
+                .received()
                 .iter()
                 .filter(|r| r["ok"] == true)
                 .filter_map(|r| r["webhook_id"].as_str().map(str::to_string))
@@ -133,7 +119,7 @@ retry_every = "1s"
                 .then_some(events)
         },
     );
-    let recs = received(&receiver);
+    let recs = receiver.received();
     assert!(!recs.is_empty());
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in &recs {
@@ -200,7 +186,7 @@ retry_every = "1s"
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // The `type` filter.
-    let bounces = all_events(&base, &key, Some("message.bounced"));
+    let bounces = d.events(&key, Some("message.bounced"));
     let rcpts: BTreeSet<&str> = bounces
         .iter()
         .filter_map(|e| e["data"]["recipient"].as_str())
@@ -215,19 +201,14 @@ retry_every = "1s"
         .into()
     );
     assert!(bounces.iter().all(|e| e["type"] == "message.bounced"));
-    let delivered = all_events(&base, &key, Some("message.delivered"));
+    let delivered = d.events(&key, Some("message.delivered"));
     assert_eq!(delivered.len(), 1, "{delivered:?}");
-    assert!(!all_events(&base, &key, Some("message.queued")).is_empty());
-    let (s, v) = call(
-        "GET",
-        &format!("{base}/v1/events?type=message.nope"),
-        Some(&key),
-        None,
-    );
+    assert!(!d.events(&key, Some("message.queued")).is_empty());
+    let (s, v) = d.get("/v1/events?type=message.nope", Some(&key));
     assert_eq!(s, 400, "{v}");
 
     // Suppression: only the 5.1.1 address, with its cause.
-    let (s, sup) = call("GET", &format!("{base}/v1/suppressions"), Some(&key), None);
+    let (s, sup) = d.get("/v1/suppressions", Some(&key));
     assert_eq!(s, 200);
     let sup = sup["data"].as_array().cloned().unwrap_or_default();
     assert_eq!(sup.len(), 1, "{sup:?}");
@@ -245,20 +226,20 @@ retry_every = "1s"
 
     // A second message to it ends `suppressed` without any SMTP attempt.
     assert_eq!(sink.rcpts("unknown@dest.example").len(), 1);
-    let again = send(&base, &key, from, "unknown@dest.example");
-    let m = wait_message_status(&base, &key, &again, "suppressed", within);
+    let again = d.send(&key, from, "unknown@dest.example");
+    let m = d.wait_status(&key, &again, "suppressed", within);
     assert_eq!(m["attempts"].as_array().map(Vec::len), Some(0), "{m}");
     // The policy block is not suppressed: its next message is attempted.
-    let again_blocked = send(&base, &key, from, "blocked@dest.example");
-    wait_message_status(&base, &key, &again_blocked, "bounced", within);
+    let again_blocked = d.send(&key, from, "blocked@dest.example");
+    d.wait_status(&key, &again_blocked, "bounced", within);
     sink.wait_rcpts("blocked@dest.example", 2, within);
     assert_eq!(
         sink.rcpts("unknown@dest.example").len(),
         1,
         "an RCPT for a suppressed address"
     );
-    let sup_evt = wait_for("message.suppressed", within, || {
-        all_events(&base, &key, Some("message.suppressed"))
+    let sup_evt = poll(within, "message.suppressed", || {
+        d.events(&key, Some("message.suppressed"))
             .into_iter()
             .find(|e| e["data"]["message_id"] == again.as_str())
     });
@@ -266,14 +247,13 @@ retry_every = "1s"
     assert_eq!(sup_evt["data"]["category"], "suppressed");
 
     // Manual suppressions: added, honoured, removed.
-    let (s, v) = call(
-        "POST",
-        &format!("{base}/v1/suppressions"),
+    let (s, v) = d.post(
+        "/v1/suppressions",
         Some(&key),
-        Some(r#"{"address":"manual@dest.example","reason":"asked us to stop"}"#),
+        r#"{"address":"manual@dest.example","reason":"asked us to stop"}"#,
     );
     assert_eq!(s, 201, "{v}");
-    let (_, sup) = call("GET", &format!("{base}/v1/suppressions"), Some(&key), None);
+    let (_, sup) = d.get("/v1/suppressions", Some(&key));
     let manual = sup["data"]
         .as_array()
         .and_then(|a| {
@@ -284,33 +264,21 @@ retry_every = "1s"
         .expect("listed");
     assert_eq!(manual["source"], "manual");
     assert_eq!(manual["reason"], "asked us to stop");
-    let m1 = send(&base, &key, from, "manual@dest.example");
-    wait_message_status(&base, &key, &m1, "suppressed", within);
-    let (s, _) = call(
-        "DELETE",
-        &format!("{base}/v1/suppressions/manual@dest.example"),
-        Some(&key),
-        None,
-    );
+    let m1 = d.send(&key, from, "manual@dest.example");
+    d.wait_status(&key, &m1, "suppressed", within);
+    let (s, _) = d.delete("/v1/suppressions/manual@dest.example", Some(&key));
     assert_eq!(s, 204);
-    let (s, _) = call(
-        "DELETE",
-        &format!("{base}/v1/suppressions/manual@dest.example"),
-        Some(&key),
-        None,
-    );
+    let (s, _) = d.delete("/v1/suppressions/manual@dest.example", Some(&key));
     assert_eq!(s, 404);
     assert!(sink.rcpts("manual@dest.example").is_empty());
-    let m2 = send(&base, &key, from, "manual@dest.example");
-    wait_message_status(&base, &key, &m2, "delivered", within);
+    let m2 = d.send(&key, from, "manual@dest.example");
+    d.wait_status(&key, &m2, "delivered", within);
     assert_eq!(sink.rcpts("manual@dest.example").len(), 1);
 
     // The delivery log: each attempt with its status code, duration and time.
-    let (s, dl) = call(
-        "GET",
-        &format!("{base}/v1/webhooks/{ep_id}/deliveries?limit=100"),
+    let (s, dl) = d.get(
+        &format!("/v1/webhooks/{ep_id}/deliveries?limit=100"),
         Some(&key),
-        None,
     );
     assert_eq!(s, 200, "{dl}");
     let rows = dl["data"].as_array().cloned().unwrap_or_default();
@@ -339,47 +307,39 @@ retry_every = "1s"
     let sig = rec["signature"].as_str().expect("sig");
     let body = rec["body"].as_str().expect("body");
     let probe = format!("http://127.0.0.1:{}/probe", receiver.port);
-    let headers = |ts: &str, sig: &str| -> Vec<(String, String)> {
-        vec![
-            ("content-type".into(), "application/json".into()),
-            ("webhook-id".into(), id.into()),
-            ("webhook-timestamp".into(), ts.into()),
-            ("webhook-signature".into(), sig.into()),
-        ]
+    let post = |url: &str, ts: &str, sig: &str, body: &str| {
+        let headers = [
+            ("content-type", "application/json"),
+            ("webhook-id", id),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", sig),
+        ];
+        http::request("POST", url, &headers, Some(body.as_bytes()))
+            .expect("HTTP request")
+            .status
     };
-    let post = |url: &str, h: &[(String, String)], body: &str| {
-        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        post_raw(url, &h, body)
-    };
-    assert_eq!(post(&probe, &headers(ts, sig), body), 204, "control");
+    assert_eq!(post(&probe, ts, sig, body), 204, "control");
     let tampered = body.replacen("bounced", "delivered", 1);
-    assert_eq!(
-        post(&probe, &headers(ts, sig), &tampered),
-        400,
-        "tampered body"
-    );
+    assert_eq!(post(&probe, ts, sig, &tampered), 400, "tampered body");
     let wrong = outpost_core::webhook::format_secret(&[7u8; 32]);
     let wrong_url = format!("{probe}?secret={}", query_escape(&wrong));
-    assert_eq!(
-        post(&wrong_url, &headers(ts, sig), body),
-        400,
-        "wrong secret"
-    );
+    assert_eq!(post(&wrong_url, ts, sig, body), 400, "wrong secret");
     let stale = ts.parse::<u64>().expect("ts") - 3600;
     let stale_sig = outpost_core::webhook::sign(&raw, id, stale, body);
     assert_eq!(
-        post(&probe, &headers(&stale.to_string(), &stale_sig), body),
+        post(&probe, &stale.to_string(), &stale_sig, body),
         400,
         "stale"
     );
     let fresh = ts.parse::<u64>().expect("ts");
     let fresh_sig = outpost_core::webhook::sign(&raw, id, fresh, body);
     assert_eq!(
-        post(&probe, &headers(&fresh.to_string(), &fresh_sig), body),
+        post(&probe, &fresh.to_string(), &fresh_sig, body),
         204,
         "re-signed"
     );
-    let probes: Vec<Value> = received(&receiver)
+    let probes: Vec<Value> = receiver
+        .received()
         .into_iter()
         .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/probe")))
         .collect();
@@ -398,26 +358,25 @@ retry_every = "1s"
     );
 
     // The deferred address fails at max age (1 minute): deferred events, then failed.
-    let failed = wait_message_status(&base, &key, &later, "failed", Duration::from_secs(120));
+    let failed = d.wait_status(&key, &later, "failed", Duration::from_secs(120));
     assert!(
         failed["attempts"].as_array().is_some_and(|a| !a.is_empty()),
         "{failed}"
     );
-    let fail_evt = wait_for(
-        "message.failed at the receiver",
+    let fail_evt = poll(
         Duration::from_secs(30),
+        "message.failed at the receiver",
         || {
-            let evt = all_events(&base, &key, Some("message.failed"))
-                .into_iter()
-                .next()?;
-            received(&receiver)
+            let evt = d.events(&key, Some("message.failed")).into_iter().next()?;
+            receiver
+                .received()
                 .iter()
                 .any(|r| r["webhook_id"] == evt["id"] && r["ok"] == true)
                 .then_some(evt)
         },
     );
     assert_eq!(fail_evt["data"]["recipient"], "later@dest.example");
-    let deferred = all_events(&base, &key, Some("message.deferred"));
+    let deferred = d.events(&key, Some("message.deferred"));
     assert!(!deferred.is_empty());
     assert_eq!(deferred[0]["data"]["smtp_code"], 450);
     assert!(

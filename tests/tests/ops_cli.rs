@@ -2,10 +2,13 @@
 //! suppressions, retry, bounce (cancel), classify (offline), `--json`, and the error when
 //! no daemon runs.
 
-mod ops_common;
-
-use ops_common::*;
 use std::process::Command;
+use std::time::Duration;
+
+use outpost_tests::sinks::smtp_sink;
+use outpost_tests::{
+    ADMIN, Daemon, WAIT, free_port, outpost_bin, poll, scratch_dir, stderr, stdout,
+};
 
 #[test]
 fn cli_without_a_daemon_says_so() {
@@ -63,7 +66,11 @@ fn classify_is_offline_and_explains() {
 #[test]
 fn cli_manages_a_running_daemon() {
     let (port, _got) = smtp_sink();
-    let d = Daemon::start("cli", port, Some("retry_schedule = [\"1h\"]\n"), &[]);
+    let d = Daemon::builder(scratch_dir("cli").join("data"))
+        .relay(port)
+        .smtp()
+        .config("retry_schedule = [\"1h\"]\n")
+        .start();
 
     // keys create
     let out = d.cli(&["keys", "create", "example.com", "--json"]);
@@ -74,7 +81,7 @@ fn cli_manages_a_running_daemon() {
 
     // A deferred message (the sink answers 451 to defer@) stays in the queue.
     let id = d.send(&key, "app@example.com", "defer@dest.example");
-    d.wait_status(&key, &id, "deferred");
+    d.wait_status(&key, &id, "deferred", WAIT);
 
     let out = d.cli(&["queue"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -106,21 +113,19 @@ fn cli_manages_a_running_daemon() {
         "{}",
         stdout(&out)
     );
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    poll(Duration::from_secs(20), "a second attempt", || {
         let out = d.cli(&["message", &id, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        if v["attempts"].as_array().is_some_and(|a| a.len() >= 2) {
-            break;
-        }
-        assert!(std::time::Instant::now() < end, "no second attempt: {v}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        v["attempts"]
+            .as_array()
+            .is_some_and(|a| a.len() >= 2)
+            .then_some(())
+    });
 
     // bounce ID: cancelled, failed.
     let out = d.cli(&["bounce", &id]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let v = d.wait_status(&key, &id, "failed");
+    let v = d.wait_status(&key, &id, "failed", WAIT);
     assert_eq!(v["recipients"][0]["reason"], "cancelled", "{v}");
     // An unknown id is a clear error.
     let out = d.cli(&["bounce", "msg_01M87JJFVSFDZAJJEB8AJCRQDR"]);
@@ -159,7 +164,7 @@ fn cli_manages_a_running_daemon() {
         text.contains("gone@dest.example") && text.contains("asked"),
         "{text}"
     );
-    let (s, v) = http("GET", &d.url("/v1/suppressions"), Some(&key), None);
+    let (s, v) = d.get("/v1/suppressions", Some(&key));
     assert_eq!(s, 200);
     assert_eq!(v["data"][0]["address"], "gone@dest.example");
     let out = d.cli(&[
@@ -180,7 +185,7 @@ fn cli_manages_a_running_daemon() {
     let out = Command::new(outpost_bin())
         .args(["queue"])
         .env("OUTPOST_ADMIN_KEY", "not-the-admin-key-at-all")
-        .env("OUTPOST_URL", format!("http://{}", d.http))
+        .env("OUTPOST_URL", d.base())
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));

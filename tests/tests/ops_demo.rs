@@ -1,15 +1,14 @@
 //! `outpost demo` runs the whole path in one command and exits 0 with the expected
 //! outcomes, leaving nothing behind.
 
-mod ops_common;
-
-use ops_common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use outpost_tests::{outpost_bin, scratch_dir, stderr, stdout};
+
 #[test]
 fn demo_exits_0_with_the_expected_outcomes() {
-    let cwd = scratch("demo-cwd");
+    let cwd = scratch_dir("demo-cwd");
     let started = Instant::now();
     let out = Command::new(outpost_bin())
         .arg("demo")

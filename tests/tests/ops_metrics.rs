@@ -1,11 +1,12 @@
 //! `GET /metrics` parsed with Python's prometheus_client (the reference parser): every
 //! line is valid exposition, and the counters match what was sent.
 
-mod ops_common;
-
-use ops_common::*;
 use std::process::Command;
 use std::time::Duration;
+
+use outpost_tests::sinks::smtp_sink;
+use outpost_tests::swaks::{Swaks, queued_id};
+use outpost_tests::{ADMIN, Daemon, WAIT, have, python_has, require, scratch_dir};
 
 /// Parses the exposition with prometheus_client; (name, labels, value) per sample.
 fn parse(text: &str, dir: &std::path::Path) -> Vec<(String, serde_json::Value, f64)> {
@@ -48,54 +49,43 @@ fn value(
 
 #[test]
 fn metrics_parse_and_match_what_was_sent() {
-    let have_parser = Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !require("python3 prometheus_client", have_parser) || !require("swaks", have("swaks")) {
+    if !require(python_has("prometheus_client"), "python3 prometheus_client")
+        || !require(have("swaks"), "swaks")
+    {
         return;
     }
     let (port, got) = smtp_sink();
-    let d = Daemon::start("metrics", port, Some("retry_schedule = [\"1h\"]\n"), &[]);
-    let key = d.key("example.com");
-    let other = d.key("other.example");
+    let d = Daemon::builder(scratch_dir("metrics").join("data"))
+        .relay(port)
+        .smtp()
+        .config("retry_schedule = [\"1h\"]\n")
+        .start();
+    let key = d.create_key("example.com");
+    let other = d.create_key("other.example");
 
     let ok = d.send(&key, "app@example.com", "ok@dest.example");
     let bounced = d.send(&key, "app@example.com", "bounce@dest.example");
     let deferred = d.send(&key, "app@example.com", "defer@dest.example");
-    d.wait_status(&key, &ok, "delivered");
-    d.wait_status(&key, &bounced, "bounced");
-    d.wait_status(&key, &deferred, "deferred");
+    d.wait_status(&key, &ok, "delivered", WAIT);
+    d.wait_status(&key, &bounced, "bounced", WAIT);
+    d.wait_status(&key, &deferred, "deferred", WAIT);
     let suppressed = d.send(&key, "app@example.com", "bounce@dest.example");
-    d.wait_status(&key, &suppressed, "suppressed");
+    d.wait_status(&key, &suppressed, "suppressed", WAIT);
     // One over SMTP, one for another tenant.
-    let t = swaks(
-        "127.0.0.1",
-        d.smtp,
-        &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "example.com",
-            "--auth-password",
-            &key,
-            "--from",
-            "app@example.com",
-            "--to",
-            "smtp@dest.example",
-        ],
-    );
+    let t = Swaks::local(d.smtp())
+        .auth("PLAIN", "example.com", &key)
+        .envelope("app@example.com", "smtp@dest.example")
+        .run();
     let smtp = queued_id(&t).unwrap_or_else(|| panic!("{t}"));
-    d.wait_status(&key, &smtp, "delivered");
+    d.wait_status(&key, &smtp, "delivered", WAIT);
     let o = d.send(&other, "app@other.example", "ok2@dest.example");
-    d.wait_status(&other, &o, "delivered");
+    d.wait_status(&other, &o, "delivered", WAIT);
     for _ in 0..3 {
         got.recv_timeout(Duration::from_secs(10)).expect("sink");
     }
 
-    let (status, _, text) = http_full("GET", &d.url("/metrics"), None, None);
-    assert_eq!(status, 200);
-    let dir = scratch("metrics-parse");
+    let text = d.metrics();
+    let dir = scratch_dir("metrics-parse");
     let s = parse(&text, &dir);
     let v = |name: &str, labels: &[(&str, &str)]| {
         value(&s, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
@@ -175,14 +165,13 @@ fn metrics_parse_and_match_what_was_sent() {
     assert_eq!(v("outpost_breakers_open", &[]), 0.0);
 
     // A forced-open breaker shows.
-    let (s2, _) = http(
-        "POST",
-        &d.url("/v1/admin/breakers/dest.example"),
+    let (s2, _) = d.post(
+        "/v1/admin/breakers/dest.example",
         Some(ADMIN),
-        Some(r#"{"state":"open"}"#),
+        r#"{"state":"open"}"#,
     );
     assert_eq!(s2, 200);
-    let (_, _, text) = http_full("GET", &d.url("/metrics"), None, None);
+    let text = d.metrics();
     let s = parse(&text, &dir);
     assert_eq!(
         value(

@@ -2,12 +2,12 @@
 //! schemathesis, fuzzing the running daemon with a tenant key and then the admin key,
 //! finds no server error and no response that does not match the schema.
 
-mod ops_common;
-
-use ops_common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use outpost_tests::sinks::smtp_sink;
+use outpost_tests::{ADMIN, Daemon, WAIT, have, require, scratch_dir};
 
 fn spec() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../openapi.yaml")
@@ -53,7 +53,7 @@ fn schemathesis(d: &Daemon, key: &str, dir: &std::path::Path) {
     let mut child = Command::new("schemathesis")
         .arg("run")
         .arg(spec())
-        .args(["--url", &format!("http://{}", d.http)])
+        .args(["--url", &d.base()])
         .args(["-H", &format!("Authorization: Bearer {key}")])
         .args(["--checks", "not_a_server_error,response_schema_conformance"])
         // The coverage phase is left out: it trips over a Hypothesis internal error
@@ -88,22 +88,21 @@ fn schemathesis(d: &Daemon, key: &str, dir: &std::path::Path) {
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
-    if !require("schemathesis", have("schemathesis")) {
+    if !require(have("schemathesis"), "schemathesis") {
         return;
     }
     let (port, _got) = smtp_sink();
-    let d = Daemon::start(
-        "openapi",
-        port,
-        Some("retry_schedule = [\"1h\"]\n"),
-        &["--allow-private-webhooks", "--smtp", "off"],
-    );
-    let key = d.key("example.com");
+    let d = Daemon::builder(scratch_dir("openapi").join("data"))
+        .relay(port)
+        .config("retry_schedule = [\"1h\"]\n")
+        .args(["--allow-private-webhooks", "--smtp", "off"])
+        .start();
+    let key = d.create_key("example.com");
     // Some data for the read routes: a delivered message, a deferred one, an event.
     let a = d.send(&key, "app@example.com", "ok@dest.example");
     d.send(&key, "app@example.com", "defer@dest.example");
-    d.wait_status(&key, &a, "delivered");
-    let dir = scratch("schemathesis");
+    d.wait_status(&key, &a, "delivered", WAIT);
+    let dir = scratch_dir("schemathesis");
     schemathesis(&d, &key, &dir);
     schemathesis(&d, ADMIN, &dir);
     let _ = std::fs::remove_dir_all(&dir);

@@ -43,6 +43,45 @@ impl Default for Server {
     }
 }
 
+impl Server {
+    /// Refuses every connection.
+    fn refusing() -> Server {
+        Server {
+            refuse_connect: true,
+            ..Server::default()
+        }
+    }
+
+    /// Never answers the connect.
+    fn hanging() -> Server {
+        Server {
+            hang_connect: true,
+            ..Server::default()
+        }
+    }
+
+    fn greeting(mut self, reply: &str) -> Server {
+        self.greeting = reply.into();
+        self
+    }
+
+    fn mail(mut self, reply: &str) -> Server {
+        self.mail = reply.into();
+        self
+    }
+
+    /// Answers RCPT TO `addr` (lowercase) with `reply`.
+    fn rcpt(mut self, addr: &str, reply: &str) -> Server {
+        self.rcpt.insert(addr.into(), reply.into());
+        self
+    }
+
+    fn end(mut self, reply: &str) -> Server {
+        self.end = reply.into();
+        self
+    }
+}
+
 struct ConnState {
     ip: IpAddr,
     buf: Vec<u8>,
@@ -118,6 +157,19 @@ impl World {
             Server::default(),
         );
         w
+    }
+
+    /// The world with `domain` served by `mxs` (preference, host, address), each run as
+    /// `server`.
+    fn with_domain(mut self, domain: &str, mxs: &[(u16, &str, IpAddr)], server: Server) -> World {
+        self.add_domain(domain, mxs, server);
+        self
+    }
+
+    /// The world with the server at `ip` answering as `server`.
+    fn with_server(mut self, ip: IpAddr, server: Server) -> World {
+        self.servers.insert(ip, server);
+        self
     }
 
     fn add_domain(&mut self, domain: &str, mxs: &[(u16, &str, IpAddr)], server: Server) {
@@ -444,6 +496,34 @@ impl World {
         status
     }
 
+    fn admin_command(&mut self, request: RequestId, command: crate::io::AdminCommand) {
+        self.input(Input::Admin { request, command });
+    }
+
+    fn force_breaker(
+        &mut self,
+        request: RequestId,
+        domain: &str,
+        state: crate::io::ForcedBreakerState,
+    ) {
+        let domain = domain.into();
+        self.admin_command(
+            request,
+            crate::io::AdminCommand::ForceBreaker { domain, state },
+        );
+    }
+
+    /// Asserts the last status stored for `addr` (see [`World::final_status`]).
+    #[track_caller]
+    fn assert_status(&self, addr: &str, want: RecipientStatus) {
+        assert_eq!(
+            self.final_status(addr),
+            Some(want),
+            "status of {addr}: {:#?}",
+            self.log
+        );
+    }
+
     fn suppressed(&self) -> BTreeSet<String> {
         self.store
             .iter()
@@ -495,10 +575,7 @@ fn delivers_and_acknowledges_only_after_persist() {
     assert!(w.accepted.contains_key(&req), "{:#?}", w.log);
     w.run_for(MIN);
     assert_eq!(w.delivered.len(), 2, "{:#?}", w.log);
-    assert_eq!(
-        w.final_status("alice@example.org"),
-        Some(RecipientStatus::Delivered)
-    );
+    w.assert_status("alice@example.org", RecipientStatus::Delivered);
     // One transaction for both recipients of the domain.
     assert_eq!(w.connects.len(), 1);
     let kinds: Vec<EventKind> = w.events().into_iter().map(|e| e.0).collect();
@@ -537,32 +614,16 @@ fn store_failure_refuses_submission_and_keeps_nothing() {
 
 #[test]
 fn temporary_failure_defers_then_delivers() {
-    let mut w = World::new();
-    w.servers.insert(
+    let mut w = World::new().with_server(
         ip(1),
-        Server {
-            rcpt: [(
-                "alice@example.org".to_string(),
-                "450 4.2.1 try later".to_string(),
-            )]
-            .into(),
-            ..Server::default()
-        },
+        Server::default().rcpt("alice@example.org", "450 4.2.1 try later"),
     );
     w.submit_to(&["alice@example.org"]);
     w.run_for(Duration::from_secs(10));
-    assert_eq!(
-        w.final_status("alice@example.org"),
-        Some(RecipientStatus::Deferred)
-    );
+    w.assert_status("alice@example.org", RecipientStatus::Deferred);
     w.servers.insert(ip(1), Server::default());
     w.run_for(2 * MIN);
-    assert_eq!(
-        w.final_status("alice@example.org"),
-        Some(RecipientStatus::Delivered),
-        "{:#?}",
-        w.log
-    );
+    w.assert_status("alice@example.org", RecipientStatus::Delivered);
     let attempts = w.attempts();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0].smtp_code, Some(450));
@@ -576,38 +637,20 @@ fn temporary_failure_defers_then_delivers() {
 
 #[test]
 fn hard_bounce_suppresses_and_next_send_is_suppressed_without_smtp() {
-    let mut w = World::new();
-    w.servers.insert(
+    let mut w = World::new().with_server(
         ip(1),
-        Server {
-            rcpt: [
-                (
-                    "dead@example.org".to_string(),
-                    "550 5.1.1 user unknown".to_string(),
-                ),
-                (
-                    "blocked@example.org".to_string(),
-                    "550 5.7.1 blocked using a DNS block list".to_string(),
-                ),
-            ]
-            .into(),
-            ..Server::default()
-        },
+        Server::default()
+            .rcpt("dead@example.org", "550 5.1.1 user unknown")
+            .rcpt(
+                "blocked@example.org",
+                "550 5.7.1 blocked using a DNS block list",
+            ),
     );
     w.submit_to(&["dead@example.org", "blocked@example.org", "ok@example.org"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("dead@example.org"),
-        Some(RecipientStatus::Bounced)
-    );
-    assert_eq!(
-        w.final_status("blocked@example.org"),
-        Some(RecipientStatus::Bounced)
-    );
-    assert_eq!(
-        w.final_status("ok@example.org"),
-        Some(RecipientStatus::Delivered)
-    );
+    w.assert_status("dead@example.org", RecipientStatus::Bounced);
+    w.assert_status("blocked@example.org", RecipientStatus::Bounced);
+    w.assert_status("ok@example.org", RecipientStatus::Delivered);
     assert_eq!(w.suppressed(), ["dead@example.org".to_string()].into());
     let connects = w.connects.len();
     let req = w.submit_to(&["Dead@example.org"]);
@@ -626,20 +669,10 @@ fn hard_bounce_suppresses_and_next_send_is_suppressed_without_smtp() {
 
 #[test]
 fn end_of_data_rejection_of_several_recipients_does_not_suppress() {
-    let mut w = World::new();
-    w.servers.insert(
-        ip(1),
-        Server {
-            end: "550 5.1.1 user unknown".into(),
-            ..Server::default()
-        },
-    );
+    let mut w = World::new().with_server(ip(1), Server::default().end("550 5.1.1 user unknown"));
     w.submit_to(&["a@example.org", "b@example.org"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("a@example.org"),
-        Some(RecipientStatus::Bounced)
-    );
+    w.assert_status("a@example.org", RecipientStatus::Bounced);
     assert!(
         w.suppressed().is_empty(),
         "a shared reply is not about one mailbox"
@@ -651,27 +684,16 @@ fn end_of_data_rejection_of_several_recipients_does_not_suppress() {
 
 #[test]
 fn first_mx_down_second_used() {
-    let mut w = World::new();
-    w.add_domain(
-        "two.test",
-        &[(10, "mx1.two.test", ip(20)), (20, "mx2.two.test", ip(21))],
-        Server::default(),
-    );
-    w.servers.insert(
-        ip(20),
-        Server {
-            refuse_connect: true,
-            ..Server::default()
-        },
-    );
+    let mut w = World::new()
+        .with_domain(
+            "two.test",
+            &[(10, "mx1.two.test", ip(20)), (20, "mx2.two.test", ip(21))],
+            Server::default(),
+        )
+        .with_server(ip(20), Server::refusing());
     w.submit_to(&["x@two.test"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("x@two.test"),
-        Some(RecipientStatus::Delivered),
-        "{:#?}",
-        w.log
-    );
+    w.assert_status("x@two.test", RecipientStatus::Delivered);
     let ips: Vec<IpAddr> = w.connects.iter().map(|c| c.1).collect();
     assert_eq!(ips, vec![ip(20), ip(21)]);
     assert_eq!(w.attempts()[0].mx.as_deref(), Some("mx2.two.test"));
@@ -679,27 +701,16 @@ fn first_mx_down_second_used() {
 
 #[test]
 fn greeting_4xx_moves_to_next_mx() {
-    let mut w = World::new();
-    w.add_domain(
-        "g.test",
-        &[(10, "mx1.g.test", ip(30)), (20, "mx2.g.test", ip(31))],
-        Server::default(),
-    );
-    w.servers.insert(
-        ip(30),
-        Server {
-            greeting: "421 4.3.2 too busy".into(),
-            ..Server::default()
-        },
-    );
+    let mut w = World::new()
+        .with_domain(
+            "g.test",
+            &[(10, "mx1.g.test", ip(30)), (20, "mx2.g.test", ip(31))],
+            Server::default(),
+        )
+        .with_server(ip(30), Server::default().greeting("421 4.3.2 too busy"));
     w.submit_to(&["x@g.test"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("x@g.test"),
-        Some(RecipientStatus::Delivered),
-        "{:#?}",
-        w.log
-    );
+    w.assert_status("x@g.test", RecipientStatus::Delivered);
 }
 
 #[test]
@@ -709,14 +720,8 @@ fn null_mx_and_nxdomain_bounce_and_suppress() {
     w.mx.insert("gone.test".into(), Err(DnsError::NxDomain));
     w.submit_to(&["a@null.test", "b@gone.test"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("a@null.test"),
-        Some(RecipientStatus::Bounced)
-    );
-    assert_eq!(
-        w.final_status("b@gone.test"),
-        Some(RecipientStatus::Bounced)
-    );
+    w.assert_status("a@null.test", RecipientStatus::Bounced);
+    w.assert_status("b@gone.test", RecipientStatus::Bounced);
     assert!(w.connects.is_empty());
 }
 
@@ -726,10 +731,7 @@ fn servfail_defers() {
     w.mx.insert("flaky.test".into(), Err(DnsError::ServFail));
     w.submit_to(&["a@flaky.test"]);
     w.run_for(Duration::from_secs(5));
-    assert_eq!(
-        w.final_status("a@flaky.test"),
-        Some(RecipientStatus::Deferred)
-    );
+    w.assert_status("a@flaky.test", RecipientStatus::Deferred);
     assert!(w.suppressed().is_empty());
 }
 
@@ -741,29 +743,18 @@ fn no_mx_falls_back_to_address_records() {
     w.servers.insert(ip(40), Server::default());
     w.submit_to(&["a@bare.test"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("a@bare.test"),
-        Some(RecipientStatus::Delivered),
-        "{:#?}",
-        w.log
-    );
+    w.assert_status("a@bare.test", RecipientStatus::Delivered);
 }
 
 #[test]
 fn breaker_opens_blocks_and_probes() {
-    let mut w = World::new();
-    w.add_domain(
-        "down.test",
-        &[(10, "mx.down.test", ip(50))],
-        Server::default(),
-    );
-    w.servers.insert(
-        ip(50),
-        Server {
-            refuse_connect: true,
-            ..Server::default()
-        },
-    );
+    let mut w = World::new()
+        .with_domain(
+            "down.test",
+            &[(10, "mx.down.test", ip(50))],
+            Server::default(),
+        )
+        .with_server(ip(50), Server::refusing());
     for i in 0..8 {
         w.submit_to(&[&format!("u{i}@down.test")]);
     }
@@ -783,12 +774,7 @@ fn breaker_opens_blocks_and_probes() {
         Some("closed".into())
     );
     for i in 0..8 {
-        assert_eq!(
-            w.final_status(&format!("u{i}@down.test")),
-            Some(RecipientStatus::Delivered),
-            "{:#?}",
-            w.log
-        );
+        w.assert_status(&format!("u{i}@down.test"), RecipientStatus::Delivered);
     }
 }
 
@@ -798,22 +784,11 @@ fn expires_after_max_age_in_every_state() {
         max_age: Duration::from_secs(3600),
         ..Config::default()
     };
-    let mut w = World::with_config(cfg, 1);
-    w.servers.insert(
-        ip(1),
-        Server {
-            mail: "451 4.3.0 try later".into(),
-            ..Server::default()
-        },
-    );
+    let mut w = World::with_config(cfg, 1)
+        .with_server(ip(1), Server::default().mail("451 4.3.0 try later"));
     w.submit_to(&["a@example.org"]);
     w.run_for(Duration::from_secs(7200));
-    assert_eq!(
-        w.final_status("a@example.org"),
-        Some(RecipientStatus::Failed),
-        "{:#?}",
-        w.log
-    );
+    w.assert_status("a@example.org", RecipientStatus::Failed);
     let failed = w.store.iter().any(|op| {
         matches!(op, StoreOp::UpdateRecipient { status: RecipientStatus::Failed, reason: Some(r), at, .. }
             if r.contains("expired") && *at <= T0.plus(Duration::from_secs(3600 + 600)))
@@ -827,14 +802,7 @@ fn expires_after_max_age_in_every_state() {
 
 #[test]
 fn recovery_resumes_pending_and_warms_up_breakers() {
-    let mut w = World::new();
-    w.servers.insert(
-        ip(1),
-        Server {
-            refuse_connect: true,
-            ..Server::default()
-        },
-    );
+    let mut w = World::new().with_server(ip(1), Server::refusing());
     for i in 0..6 {
         w.submit_to(&[&format!("r{i}@example.org")]);
     }
@@ -925,15 +893,15 @@ fn events_are_posted_signed_after_persistence_and_retried() {
     let mut w = World::new();
     let key = vec![7u8; 32];
     let req = RequestId(999);
-    w.input(Input::Admin {
-        request: req,
-        command: crate::io::AdminCommand::CreateEndpoint {
+    w.admin_command(
+        req,
+        crate::io::AdminCommand::CreateEndpoint {
             tenant: TenantId(1),
             url: "https://hooks.example.net/outpost".into(),
             events: vec![EventKind::Delivered, EventKind::Bounced],
             secret: key.clone(),
         },
-    });
+    );
     assert!(
         matches!(w.admin.get(&req), Some(Ok(_))),
         "{:?} {:#?}",
@@ -961,13 +929,13 @@ fn events_are_posted_signed_after_persistence_and_retried() {
         Some(Ok(crate::io::AdminReply::Endpoint(e))) => e.id,
         other => panic!("{other:?}"),
     };
-    w.input(Input::Admin {
-        request: RequestId(1000),
-        command: crate::io::AdminCommand::DeleteEndpoint {
+    w.admin_command(
+        RequestId(1000),
+        crate::io::AdminCommand::DeleteEndpoint {
             tenant: TenantId(2),
             endpoint: eid,
         },
-    });
+    );
     assert_eq!(
         w.admin.get(&RequestId(1000)),
         Some(&Err(crate::io::AdminError::NotFound))
@@ -1020,8 +988,7 @@ fn unwritable_recovered_envelope_is_settled() {
 /// Simulator finding E1: a retried batch must not commit its event seqs after later ones.
 #[test]
 fn retried_batch_keeps_the_outbox_in_seq_order() {
-    let mut w = World::new();
-    w.add_domain(
+    let mut w = World::new().with_domain(
         "other.test",
         &[(10, "mx.other.test", ip(70))],
         Server::default(),
@@ -1030,14 +997,8 @@ fn retried_batch_keeps_the_outbox_in_seq_order() {
     w.submit_to(&["a@example.org"]);
     w.submit_to(&["b@other.test"]);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("a@example.org"),
-        Some(RecipientStatus::Delivered)
-    );
-    assert_eq!(
-        w.final_status("b@other.test"),
-        Some(RecipientStatus::Delivered)
-    );
+    w.assert_status("a@example.org", RecipientStatus::Delivered);
+    w.assert_status("b@other.test", RecipientStatus::Delivered);
     let seqs = committed_event_seqs(&w);
     assert!(
         seqs.windows(2).all(|p| p[0] < p[1]),
@@ -1055,8 +1016,7 @@ fn retried_batch_keeps_the_outbox_in_seq_order() {
 /// Simulator finding E2: no DeleteSpool while another recipient's final status waits.
 #[test]
 fn spool_is_deleted_only_after_every_final_status_is_durable() {
-    let mut w = World::new();
-    w.add_domain(
+    let mut w = World::new().with_domain(
         "other.test",
         &[(10, "mx.other.test", ip(70))],
         Server::default(),
@@ -1081,40 +1041,30 @@ fn spool_is_deleted_only_after_every_final_status_is_durable() {
 #[test]
 fn waiting_recipient_suppressed_meanwhile_is_never_contacted() {
     let mut w = World::new();
-    w.input(Input::Admin {
-        request: RequestId(500),
-        command: crate::io::AdminCommand::ForceBreaker {
-            domain: "example.org".into(),
-            state: crate::io::ForcedBreakerState::Open,
-        },
-    });
+    w.force_breaker(
+        RequestId(500),
+        "example.org",
+        crate::io::ForcedBreakerState::Open,
+    );
     w.submit_to(&["u@example.org", "v@example.org"]);
     w.run_for(MIN);
     assert!(w.connects.is_empty());
-    w.input(Input::Admin {
-        request: RequestId(501),
-        command: crate::io::AdminCommand::AddSuppression {
+    w.admin_command(
+        RequestId(501),
+        crate::io::AdminCommand::AddSuppression {
             tenant: TenantId(1),
             address: "U@example.org".into(),
             reason: "unsubscribed".into(),
         },
-    });
-    w.input(Input::Admin {
-        request: RequestId(502),
-        command: crate::io::AdminCommand::ForceBreaker {
-            domain: "example.org".into(),
-            state: crate::io::ForcedBreakerState::Closed,
-        },
-    });
+    );
+    w.force_breaker(
+        RequestId(502),
+        "example.org",
+        crate::io::ForcedBreakerState::Closed,
+    );
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("u@example.org"),
-        Some(RecipientStatus::Suppressed)
-    );
-    assert_eq!(
-        w.final_status("v@example.org"),
-        Some(RecipientStatus::Delivered)
-    );
+    w.assert_status("u@example.org", RecipientStatus::Suppressed);
+    w.assert_status("v@example.org", RecipientStatus::Delivered);
     assert!(
         w.delivered.iter().all(|(_, r)| r != "u@example.org"),
         "suppressed address contacted"
@@ -1124,29 +1074,21 @@ fn waiting_recipient_suppressed_meanwhile_is_never_contacted() {
 /// Simulator finding E5: fail-over to the next MX asks the breaker too.
 #[test]
 fn failover_does_not_bypass_an_open_breaker() {
-    let mut w = World::new();
-    w.add_domain(
-        "slow.test",
-        &[(10, "mx1.slow.test", ip(80)), (20, "mx2.slow.test", ip(81))],
-        Server::default(),
-    );
-    w.servers.insert(
-        ip(80),
-        Server {
-            hang_connect: true,
-            ..Server::default()
-        },
-    );
+    let mut w = World::new()
+        .with_domain(
+            "slow.test",
+            &[(10, "mx1.slow.test", ip(80)), (20, "mx2.slow.test", ip(81))],
+            Server::default(),
+        )
+        .with_server(ip(80), Server::hanging());
     w.submit_to(&["a@slow.test"]);
     w.run_for(Duration::from_secs(5));
     assert_eq!(w.connects.len(), 1);
-    w.input(Input::Admin {
-        request: RequestId(600),
-        command: crate::io::AdminCommand::ForceBreaker {
-            domain: "slow.test".into(),
-            state: crate::io::ForcedBreakerState::Open,
-        },
-    });
+    w.force_breaker(
+        RequestId(600),
+        "slow.test",
+        crate::io::ForcedBreakerState::Open,
+    );
     w.run_for(MIN);
     assert_eq!(
         w.connects.len(),
@@ -1154,10 +1096,7 @@ fn failover_does_not_bypass_an_open_breaker() {
         "no fail-over connection while open: {:#?}",
         w.log
     );
-    assert_eq!(
-        w.final_status("a@slow.test"),
-        Some(RecipientStatus::Deferred)
-    );
+    w.assert_status("a@slow.test", RecipientStatus::Deferred);
 }
 
 /// Simulator finding E6: an endpoint whose write failed is not used.
@@ -1418,10 +1357,7 @@ fn messages_are_signed_once_at_intake_and_stored_signed() {
     assert!(contains(spool, b"\r\n..leading dot"));
     assert_eq!(*size, spool.len() as u64);
     w.run_for(MIN);
-    assert_eq!(
-        w.final_status("alice@example.org"),
-        Some(RecipientStatus::Delivered)
-    );
+    w.assert_status("alice@example.org", RecipientStatus::Delivered);
     // Delivery does not sign again.
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
