@@ -56,6 +56,30 @@ fn unavailable() -> SubmitError {
     )
 }
 
+/// Submits from async code (the SMTP listener): the same as `Gateway::submit` without a
+/// blocking thread in between. `timer` bounds the wait (`ANSWER_TIMEOUT`).
+pub async fn submit_async(
+    handle: &LoopHandle,
+    submission: Submission,
+    timer: &mut crate::lazy_timer::LazyTimer,
+) -> Result<Receipt, SubmitError> {
+    if !handle.accepting.load(Ordering::SeqCst) {
+        return Err(unavailable());
+    }
+    let (tx, rx) = async_channel::bounded(1);
+    if handle.tx.send(Msg::Submit(submission, tx)).await.is_err() {
+        return Err(unavailable());
+    }
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    async { rx.recv().await.ok() }
+        .or(async {
+            timer.until(deadline).await;
+            None
+        })
+        .await
+        .unwrap_or_else(|| Err(unavailable()))
+}
+
 impl EngineGateway for Gateway {
     fn submit(&self, submission: Submission) -> Result<Receipt, SubmitError> {
         if !self.accepting() {

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
-use async_io::Timer;
 use futures_lite::FutureExt;
 use outpost_core::engine::{BreakerView, QueueView};
 use outpost_core::io::{AdminCommand, AdminError, AdminReply, Receipt, Submission, SubmitError};
-use outpost_core::{BatchId, ConnId, Engine, Input, Output, RequestId, Time};
+use outpost_core::{BatchId, ConnId, Engine, Input, MessageId, Output, RequestId, Time};
 
 use crate::dns::Dns;
+use crate::lazy_timer::LazyTimer;
 use crate::smtp_conn::{self, ConnCmd, ConnHandle};
 use crate::store::{Store, WriterHandle, spool_path};
 use crate::tls::TlsClient;
@@ -69,6 +69,9 @@ pub struct Runtime {
     accepting: Arc<AtomicBool>,
     draining: Option<Instant>,
     counters: crate::metrics::Counters,
+    /// Spool files to delete, collected while draining the engine's outputs and handed to
+    /// the store writer in one go.
+    deletions: Vec<MessageId>,
 }
 
 /// Handles for the rest of the daemon.
@@ -95,23 +98,18 @@ impl Runtime {
             pending_webhooks = snapshot.pending_deliveries.len(),
             "store loaded"
         );
-        let (writer, done) = deps.store.spawn_writer();
+        // The writer reports straight into the loop's channel (no task in between).
         let fwd = tx.clone();
-        smol::spawn(async move {
-            while let Ok((batch, result)) = done.recv().await {
-                let input = match result {
-                    Ok(()) => Input::Persisted { batch },
-                    Err(error) => {
-                        tracing::error!(batch = batch.0, %error, "store write failed");
-                        Input::PersistFailed { batch, error }
-                    }
-                };
-                if fwd.send(Msg::Input(input)).await.is_err() {
-                    return;
+        let writer = deps.store.spawn_writer_with(move |batch, result| {
+            let input = match result {
+                Ok(()) => Input::Persisted { batch },
+                Err(error) => {
+                    tracing::error!(batch = batch.0, %error, "store write failed");
+                    Input::PersistFailed { batch, error }
                 }
-            }
-        })
-        .detach();
+            };
+            let _ = fwd.try_send(Msg::Input(input));
+        });
         let accepting = Arc::new(AtomicBool::new(true));
         engine.handle(t, Input::Recovered(Box::new(snapshot)));
         let mut rt = Runtime {
@@ -128,6 +126,7 @@ impl Runtime {
             accepting: accepting.clone(),
             draining: None,
             counters: crate::metrics::Counters::default(),
+            deletions: Vec::new(),
         };
         rt.drain_outputs();
         Ok((rt, LoopHandle { tx, accepting }))
@@ -139,6 +138,7 @@ impl Runtime {
             Msg(Option<Box<Msg>>),
             Timer,
         }
+        let mut timer = LazyTimer::default();
         loop {
             if let Some(since) = self.draining {
                 let idle = self.engine.is_drained()
@@ -156,7 +156,22 @@ impl Runtime {
                     break;
                 }
             }
-            let mut wake_at: Option<Instant> = self.engine.poll_timeout().map(|t| {
+            let engine_due = self.engine.poll_timeout();
+            if engine_due.is_some_and(|t| t <= now()) {
+                self.engine.handle(now(), Input::Tick);
+                self.drain_outputs();
+                continue;
+            }
+            // What is queued is taken first, without arming a timer.
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    self.on_msg(msg);
+                    continue;
+                }
+                Err(async_channel::TryRecvError::Closed) => break,
+                Err(async_channel::TryRecvError::Empty) => {}
+            }
+            let mut wake_at: Option<Instant> = engine_due.map(|t| {
                 let n = now();
                 Instant::now() + Duration::from_millis(t.0.saturating_sub(n.0))
             });
@@ -169,7 +184,7 @@ impl Runtime {
             let wake = match wake_at {
                 Some(at) => {
                     recv.or(async {
-                        Timer::at(at).await;
+                        timer.until(at).await;
                         Wake::Timer
                     })
                     .await
@@ -179,12 +194,8 @@ impl Runtime {
             match wake {
                 Wake::Msg(Some(msg)) => self.on_msg(*msg),
                 Wake::Msg(None) => break,
-                Wake::Timer => {
-                    if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
-                        self.engine.handle(now(), Input::Tick);
-                        self.drain_outputs();
-                    }
-                }
+                // The engine's timer is handled at the top of the loop.
+                Wake::Timer => {}
             }
         }
         self.finish().await;
@@ -306,6 +317,23 @@ impl Runtime {
     fn drain_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             self.dispatch(out);
+        }
+        if !self.deletions.is_empty() {
+            let ids = std::mem::take(&mut self.deletions);
+            let left = match &self.writer {
+                Some(w) => w.delete_spool(ids).err(),
+                None => Some(ids),
+            };
+            // No writer (stopped): delete on a blocking thread.
+            if let Some(ids) = left.filter(|ids| !ids.is_empty()) {
+                let store = self.deps.store.clone();
+                smol::spawn(async move {
+                    if let Err(e) = smol::unblock(move || store.delete_spool(&ids)).await {
+                        tracing::warn!(error = %e, "deleting spool files failed");
+                    }
+                })
+                .detach();
+            }
         }
     }
 
@@ -430,15 +458,8 @@ impl Runtime {
                 })
                 .detach();
             }
-            Output::DeleteSpool { message } => {
-                let store = self.deps.store.clone();
-                smol::spawn(async move {
-                    if let Err(e) = smol::unblock(move || store.delete_spool(&[message])).await {
-                        tracing::warn!(message_id = %message, error = %e, "deleting the spool file failed");
-                    }
-                })
-                .detach();
-            }
+            // Collected; `drain_outputs` hands them to the store writer together.
+            Output::DeleteSpool { message } => self.deletions.push(message),
             Output::ScanSpool => {
                 let store = self.deps.store.clone();
                 let report = self.report();
@@ -500,6 +521,7 @@ mod tests {
     use crate::api::EngineGateway;
     use crate::gateway::Gateway;
     use async_io::Async;
+    use async_io::Timer;
     use futures_lite::io::BufReader;
     use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
     use outpost_core::TenantId;

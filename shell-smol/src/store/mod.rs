@@ -167,6 +167,19 @@ impl Store {
         writer::spawn(self.inner.db_path.clone(), self.inner.data_dir.clone())
     }
 
+    /// Starts the single writer thread; it calls `done` (on its thread) with each batch's
+    /// completion, in submission order.
+    pub fn spawn_writer_with(
+        &self,
+        done: impl Fn(outpost_core::BatchId, Result<(), String>) + Send + Sync + 'static,
+    ) -> WriterHandle {
+        writer::spawn_with(
+            self.inner.db_path.clone(),
+            self.inner.data_dir.clone(),
+            Box::new(done),
+        )
+    }
+
     /// Lists the spool files, and reads the live set (messages with any non-terminal
     /// recipient). Either part can fail on its own.
     #[allow(clippy::type_complexity)]

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::UNIX_EPOCH;
 
 use outpost_core::io::SpoolFile;
@@ -25,42 +26,47 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// A spool file written under its temp name, not yet synced nor renamed ([`write`] in
-/// three steps, so that a group's files can be synced together).
+/// A spool file written under its temp name, not yet synced nor renamed ([`stage`], then
+/// `file.sync_all()` (see [`concurrently`]), then [`Staged::publish`], then [`fsync_dir`]
+/// of `dir`, so that a group's files can be synced together).
 #[derive(Debug)]
 pub struct Staged {
-    pub file: fs::File,
+    pub file: Option<fs::File>,
     pub tmp: PathBuf,
     pub path: PathBuf,
     pub dir: PathBuf,
 }
 
-/// Step 1 of a group write: the temp file, written but not synced. Then `file.sync_all()`
-/// (see [`concurrently`]), then [`Staged::publish`], then [`fsync_dir`] of `dir`.
+/// Step 1 of a group write: the temp file, written but not synced.
 pub fn stage(data_dir: &Path, id: MessageId, bytes: &[u8]) -> io::Result<Staged> {
     let path = spool_path(data_dir, id);
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("spool path has no parent"))?
         .to_path_buf();
-    if !dir.is_dir() {
-        fs::create_dir_all(&dir)?;
-        // The new shard's name must be durable too.
-        fsync_dir(&data_dir.join(SPOOL_DIR))?;
-    }
     let tmp = dir.join(format!("{TEMP_PREFIX}{id}"));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new()
+    let open = || {
+        fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        Ok(f)
-    })();
-    match written {
-        Ok(file) => Ok(Staged {
-            file,
+            .open(&tmp)
+    };
+    let file = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // The shard directory is new (or was removed): create it, and make its name
+            // durable too.
+            fs::create_dir_all(&dir)?;
+            fsync_dir(&data_dir.join(SPOOL_DIR))?;
+            open()?
+        }
+        Err(e) => return Err(e),
+    };
+    let mut file = file;
+    match file.write_all(bytes) {
+        Ok(()) => Ok(Staged {
+            file: Some(file),
             tmp,
             path,
             dir,
@@ -84,51 +90,110 @@ impl Staged {
     }
 }
 
-/// Most threads one group's fsyncs are spread over.
-const MAX_SYNC_THREADS: usize = 32;
+/// Threads a group's fsyncs are spread over (started once, on first use, and kept).
+const SYNC_THREADS: usize = 64;
 
-/// Runs `f` on every item, on up to `MAX_SYNC_THREADS` threads at once; results in order.
-///
-/// Why: an fsync waits for a journal commit, and concurrent fsyncs on one filesystem share
-/// commits (ext4/jbd2, xfs), so N files synced side by side cost about one commit's wait
-/// instead of N (the reason Postfix's many cleanup processes keep up). Used for the spool
-/// files of a group, then for their directories.
-pub fn concurrently<T: Sync>(
-    items: &[T],
-    f: impl Fn(&T) -> io::Result<()> + Sync,
-) -> Vec<io::Result<()>> {
-    if items.len() <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let per = items.len().div_ceil(MAX_SYNC_THREADS);
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|chunk| {
-                let h = std::thread::Builder::new()
-                    .name("outpost-fsync".into())
-                    .spawn_scoped(scope, move || chunk.iter().map(f).collect::<Vec<_>>());
-                (chunk, h)
-            })
-            .collect();
-        let mut out = Vec::with_capacity(items.len());
-        for (chunk, h) in handles {
-            match h {
-                Ok(h) => match h.join() {
-                    Ok(results) => out.extend(results),
-                    Err(_) => out.extend(
-                        chunk
-                            .iter()
-                            .map(|_| Err(io::Error::other("fsync thread panicked"))),
-                    ),
-                },
-                // No thread to be had: do this chunk here.
-                Err(_) => out.extend(chunk.iter().map(f)),
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The persistent fsync threads: a queue of jobs they take from.
+struct SyncPool {
+    jobs: Mutex<mpsc::Sender<Job>>,
+}
+
+/// The pool, `None` if no thread could be started (then everything runs inline).
+fn sync_pool() -> Option<&'static SyncPool> {
+    static POOL: OnceLock<Option<SyncPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for _ in 0..SYNC_THREADS {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("outpost-fsync".into())
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A panicking job loses its results (the caller sees an error),
+                        // not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                });
+            if spawned.is_ok() {
+                started += 1;
             }
         }
-        out
+        (started > 0).then(|| SyncPool {
+            jobs: Mutex::new(tx),
+        })
     })
+    .as_ref()
+}
+
+/// Runs `f` on every item, spread over the persistent fsync threads; results in order.
+///
+/// Why: an fsync waits for the disk (and, with a journal, for a journal commit), and
+/// concurrent fsyncs on one filesystem share that wait (ext4/jbd2, xfs), so N files synced
+/// side by side cost about one wait instead of N (the reason Postfix's many cleanup
+/// processes keep up). Used for the spool files of a group, then for their directories.
+pub fn concurrently<T: Send + 'static>(
+    items: Vec<T>,
+    f: fn(T) -> io::Result<()>,
+) -> Vec<io::Result<()>> {
+    let n = items.len();
+    let pool = match sync_pool() {
+        Some(p) if n > 1 => p,
+        _ => return items.into_iter().map(f).collect(),
+    };
+    let per = n.div_ceil(SYNC_THREADS);
+    let (tx, rx) = mpsc::channel::<(usize, Vec<io::Result<()>>)>();
+    let mut items = items.into_iter();
+    let mut chunks = 0;
+    let mut inline = Vec::new();
+    {
+        let jobs = pool.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let chunk: Vec<T> = items.by_ref().take(per).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let tx = tx.clone();
+            let i = chunks;
+            chunks += 1;
+            let job: Job = Box::new(move || {
+                let _ = tx.send((i, chunk.into_iter().map(f).collect()));
+            });
+            if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                // The threads are gone: do it here.
+                inline.push(job);
+            }
+        }
+    }
+    drop(tx);
+    for job in inline {
+        job();
+    }
+    let mut parts: Vec<Option<Vec<io::Result<()>>>> = (0..chunks).map(|_| None).collect();
+    for (i, results) in rx {
+        if let Some(slot) = parts.get_mut(i) {
+            *slot = Some(results);
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for (i, part) in parts.into_iter().enumerate() {
+        match part {
+            Some(results) => out.extend(results),
+            None => {
+                let len = per.min(n.saturating_sub(i * per));
+                out.extend((0..len).map(|_| Err(io::Error::other("fsync thread panicked"))));
+            }
+        }
+    }
+    out
 }
 
 /// Every spool file with its modification time. Temp files are left out (a crash can
