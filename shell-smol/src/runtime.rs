@@ -169,7 +169,7 @@ impl Runtime {
                     continue;
                 }
                 Err(async_channel::TryRecvError::Closed) => break,
-                Err(async_channel::TryRecvError::Empty) => {}
+                Err(async_channel::TryRecvError::Empty) => self.flush_deletions(),
             }
             let mut wake_at: Option<Instant> = engine_due.map(|t| {
                 let n = now();
@@ -203,6 +203,7 @@ impl Runtime {
 
     async fn finish(mut self) {
         self.accepting.store(false, Ordering::SeqCst);
+        self.flush_deletions();
         for (_, c) in self.conns.drain() {
             c.close();
         }
@@ -318,6 +319,14 @@ impl Runtime {
         while let Some(out) = self.engine.poll_output() {
             self.dispatch(out);
         }
+        if self.deletions.len() >= 1024 {
+            self.flush_deletions();
+        }
+    }
+
+    /// Hands the collected spool deletions to the store writer (when the loop is about to
+    /// wait: one hand-off for all that a burst of inputs made final).
+    fn flush_deletions(&mut self) {
         if !self.deletions.is_empty() {
             let ids = std::mem::take(&mut self.deletions);
             let left = match &self.writer {

@@ -2,8 +2,8 @@
 //!
 //! Layout of the data directory:
 //! - `outpost.db` (+ `-wal`, `-shm`): everything but message bodies, mode 0600.
-//! - `spool/<shard>/<message id>`: each message as sent on the wire, written (temp file,
-//!   fsync, rename, fsync of the directory) before the row that references it commits.
+//! - `spool/<shard>/<message id>`: each message as sent on the wire, written and synced
+//!   (the file and its directory) before the row that references it commits.
 //!
 //! One writer thread applies the engine's `StoreOp` batches with group commit
 //! ([`Store::spawn_writer`]); the API reads through a small pool of connections

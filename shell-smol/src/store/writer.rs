@@ -1,7 +1,7 @@
 //! The single writer thread: group commit of the engine's `StoreOp` batches.
 //!
 //! It takes whatever batches are waiting (up to `MAX_GROUP`), writes their spool files
-//! (temp file, fsync, rename, then one fsync per touched directory), and applies all of
+//! (then syncs them and their directories, all side by side), and applies all of
 //! them in one SQLite transaction, each batch inside its own SAVEPOINT: a batch that fails
 //! (a constraint, a spool write on a full disk) is rolled back alone and answered `Err`,
 //! the others commit. Answers go out only after COMMIT returned. It also removes the spool
@@ -62,7 +62,7 @@ impl WriterHandle {
     }
 
     /// Queues the removal of spool files (missing ones are fine). The writer thread does
-    /// it after committing the group in hand, many at a time, off the answers' path.
+    /// it when no batch waits, many at a time, off the answers' path.
     /// Returns the ids back if the writer is not running.
     pub fn delete_spool(&self, ids: Vec<MessageId>) -> Result<(), Vec<MessageId>> {
         match self.tx.send(Cmd::DeleteSpool(ids)) {
@@ -109,6 +109,9 @@ pub fn spawn_with(db_path: PathBuf, data_dir: PathBuf, done: Done) -> WriterHand
     WriterHandle { tx, done, thread }
 }
 
+/// Spool deletions kept waiting for an idle moment at most (then done between groups).
+const MAX_DEFERRED_DELETIONS: usize = 4096;
+
 fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
     let mut conn = match open_connection(db_path) {
         Ok(c) => {
@@ -120,29 +123,35 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
             None
         }
     };
+    // Spool files to remove: done when nothing else is queued (commits come first, the
+    // answers wait for them), or once too many wait.
+    let mut deletions: Vec<MessageId> = Vec::new();
+    let delete = |ids: &mut Vec<MessageId>| {
+        if !ids.is_empty() {
+            // Errors are logged per file; nothing else to do about them here.
+            let _ = spool::delete(data_dir, ids);
+            ids.clear();
+        }
+    };
     let mut stop = false;
     while !stop {
         let mut batches = Vec::new();
-        let mut deletions: Vec<MessageId> = Vec::new();
-        let mut take = |cmd: Cmd, batches: &mut Vec<_>| match cmd {
-            Cmd::Batch(id, ops) => {
-                batches.push((id, ops));
-                false
+        let first = match rx.try_recv() {
+            Ok(cmd) => Ok(cmd),
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {
+                delete(&mut deletions);
+                rx.recv()
             }
-            Cmd::DeleteSpool(ids) => {
-                deletions.extend(ids);
-                false
-            }
-            Cmd::Stop => true,
         };
-        match rx.recv() {
-            Ok(cmd) => stop = take(cmd, &mut batches),
+        match first {
+            Ok(cmd) => stop = take(cmd, &mut batches, &mut deletions),
             Err(_) => break,
         }
         // Everything already queued goes into this group.
         while !stop && batches.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(cmd) => stop = take(cmd, &mut batches),
+                Ok(cmd) => stop = take(cmd, &mut batches, &mut deletions),
                 Err(_) => break,
             }
         }
@@ -160,10 +169,29 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
                 done(id, r);
             }
         }
-        if !deletions.is_empty() {
-            // Errors are logged per file; nothing else to do about them here.
-            let _ = spool::delete(data_dir, &deletions);
+        if deletions.len() >= MAX_DEFERRED_DELETIONS {
+            delete(&mut deletions);
         }
+    }
+    delete(&mut deletions);
+}
+
+/// Files a command: a batch into the group, deletions into the list. True for `Stop`.
+fn take(
+    cmd: Cmd,
+    batches: &mut Vec<(BatchId, Vec<StoreOp>)>,
+    deletions: &mut Vec<MessageId>,
+) -> bool {
+    match cmd {
+        Cmd::Batch(id, ops) => {
+            batches.push((id, ops));
+            false
+        }
+        Cmd::DeleteSpool(ids) => {
+            deletions.extend(ids);
+            false
+        }
+        Cmd::Stop => true,
     }
 }
 
@@ -209,9 +237,10 @@ pub(super) fn commit_group(
         .collect();
 
     // 1. Spool files, durable before the rows that name them commit: every file of the
-    //    group written, then all synced side by side, then named, then their directories
-    //    synced side by side (see `spool::concurrently` for why not one after the other).
+    //    group written, then all of them and their directories synced side by side (see
+    //    `spool::concurrently` for why not one after the other).
     let mut staged: Vec<(usize, spool::Staged)> = Vec::new();
+    let mut files: Vec<spool::SyncItem> = Vec::new();
     let mut seen = BTreeSet::new();
     // One read transaction for the group's "already stored?" checks, not one per message.
     let read_txn = pending.iter().any(|p| {
@@ -220,26 +249,35 @@ pub(super) fn commit_group(
             .any(|op| matches!(op, StoreOp::InsertMessage { .. }))
     }) && exec_cached(conn, "BEGIN").is_ok();
     for (i, p) in pending.iter_mut().enumerate() {
-        stage_spools(conn, data_dir, p, i, &mut staged, &mut seen);
+        stage_spools(conn, data_dir, p, i, &mut staged, &mut files, &mut seen);
     }
     if read_txn {
         let _ = exec_cached(conn, "COMMIT");
     }
-    let files: Vec<std::fs::File> = staged
-        .iter_mut()
-        .filter_map(|(_, s)| s.file.take())
+    let dirs: Vec<PathBuf> = staged
+        .iter()
+        .map(|(_, s)| s.dir.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
-    // Files are closed on the fsync threads too.
-    let synced = spool::concurrently(files, |f| f.sync_all());
-    for ((i, s), synced) in staged.iter().zip(synced) {
+    let n_files = files.len();
+    files.extend(dirs.iter().cloned().map(spool::SyncItem::Dir));
+    let mut results = spool::concurrently(files, spool::SyncItem::sync).into_iter();
+    let file_results: Vec<std::io::Result<()>> = results.by_ref().take(n_files).collect();
+    let dir_result: BTreeMap<PathBuf, Result<(), String>> = dirs
+        .into_iter()
+        .zip(results.map(|r| r.map_err(|e| e.to_string())))
+        .collect();
+    for ((i, s), synced) in staged.iter().zip(file_results) {
         let Some(p) = pending.get_mut(*i) else {
+            s.discard();
             continue;
         };
         if p.error.is_some() {
             s.discard();
             continue;
         }
-        match synced.and_then(|()| s.publish()) {
+        match synced {
             Ok(()) => {
                 p.written.push(s.path.clone());
                 p.dirs.insert(s.dir.clone());
@@ -252,22 +290,12 @@ pub(super) fn commit_group(
         }
     }
     drop(staged);
-    let dirs: Vec<PathBuf> = pending
-        .iter()
-        .flat_map(|p| p.dirs.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let results = spool::concurrently(dirs.clone(), |d| spool::fsync_dir(&d));
-    let dir_result: BTreeMap<PathBuf, Result<(), String>> = dirs
-        .into_iter()
-        .zip(results.into_iter().map(|r| r.map_err(|e| e.to_string())))
-        .collect();
     for p in &mut pending {
-        let failed = p
-            .dirs
-            .iter()
-            .find_map(|d| dir_result.get(d).and_then(|r| r.as_ref().err()).cloned());
+        let failed = p.dirs.iter().find_map(|d| match dir_result.get(d) {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.clone()),
+            None => Some("not synced".to_string()),
+        });
         if let Some(e) = failed {
             p.fail(format!("spool directory fsync failed: {e}"));
         }
@@ -332,13 +360,14 @@ fn apply_group(
     Ok(true)
 }
 
-/// Writes (unsynced, under temp names) the spool files of the batch's new messages.
+/// Writes (unsynced) the spool files of the batch's new messages.
 fn stage_spools(
     conn: &Connection,
     data_dir: &Path,
     p: &mut Pending,
     batch: usize,
     staged: &mut Vec<(usize, spool::Staged)>,
+    files: &mut Vec<spool::SyncItem>,
     seen: &mut BTreeSet<outpost_core::MessageId>,
 ) {
     for op in &p.ops {
@@ -363,7 +392,10 @@ fn stage_spools(
             continue;
         }
         match spool::stage(data_dir, message.id, spool) {
-            Ok(s) => staged.push((batch, s)),
+            Ok((s, file)) => {
+                staged.push((batch, s));
+                files.push(spool::SyncItem::File(file));
+            }
             Err(e) => {
                 tracing::warn!(message = %message.id, error = %e, "spool write failed");
                 p.error
