@@ -427,7 +427,7 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
 }
 
 /// A recipient update that never overwrites a terminal status (the statuses of
-/// `RecipientStatus::is_terminal`; `tests` checks the list).
+/// `RecipientStatus::is_terminal`; `terminal_status_is_never_overwritten` tests it).
 const UPDATE_RECIPIENT_SQL: &str = "UPDATE recipients SET status = ?3, attempts = ?4,
     next_attempt_at = ?5, updated_at = ?6, reason = ?7
     WHERE message_id = ?1 AND idx = ?2
