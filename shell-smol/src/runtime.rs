@@ -31,6 +31,9 @@ pub fn now() -> Time {
     )
 }
 
+/// Inputs the engine loop takes in a row before it yields to the other tasks.
+const MAX_STREAK: u32 = 64;
+
 /// A message to the engine loop.
 pub enum Msg {
     /// A fact from the world (connections, DNS, store, webhooks, spool scans).
@@ -139,7 +142,16 @@ impl Runtime {
             Timer,
         }
         let mut timer = LazyTimer::default();
+        // Inputs handled since the loop last gave the executor thread to other tasks.
+        let mut streak = 0u32;
         loop {
+            // The loop shares its thread with the connection and session tasks: let them
+            // run now and then while inputs keep coming.
+            streak += 1;
+            if streak >= MAX_STREAK {
+                streak = 0;
+                futures_lite::future::yield_now().await;
+            }
             if let Some(since) = self.draining {
                 let idle = self.engine.is_drained()
                     && self.engine.unpersisted_batches() == 0
@@ -191,6 +203,7 @@ impl Runtime {
                 }
                 None => recv.await,
             };
+            streak = 0;
             match wake {
                 Wake::Msg(Some(msg)) => self.on_msg(*msg),
                 Wake::Msg(None) => break,
