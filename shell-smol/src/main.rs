@@ -249,10 +249,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         relay = ?settings.engine.relay.as_ref().map(|r| format!("{}:{}", r.host, r.port)),
         "outpost started"
     );
-    // The engine loop runs as a task on smol's executor thread, beside the connection and
-    // SMTP session tasks it talks to: their hand-offs stay on one thread (no wake-up of
-    // another thread per message). This thread only waits for it.
-    futures_lite::future::block_on(smol::spawn(rt.run()));
+    smol::block_on(rt.run());
     api.stop();
     tracing::info!("bye");
     ExitCode::SUCCESS

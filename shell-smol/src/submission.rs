@@ -350,10 +350,12 @@ async fn answer(
 ) {
     match event {
         ServerEvent::AuthRequest { username, password } => {
+            let store = shared.store.clone();
             let hash = crate::api::hex(&crate::api::hash_key(&password));
-            // A cached statement on a small indexed table, read from the page cache: done
-            // here rather than handed to a blocking thread and back.
-            let tenant = shared.store.read(|c| query::tenant_by_key_hash(c, &hash));
+            // On a blocking thread: a store read can wait for a lock (busy timeout), and
+            // this thread serves every session.
+            let tenant =
+                smol::unblock(move || store.read(|c| query::tenant_by_key_hash(c, &hash))).await;
             let result = match tenant {
                 Ok(Some(t)) if t.domain.eq_ignore_ascii_case(username.trim()) => {
                     tracing::info!(tenant = t.id.0, "SMTP AUTH accepted");
@@ -374,8 +376,10 @@ async fn answer(
             session.on_auth_result(now(), result);
         }
         ServerEvent::SenderCheck { domain } => {
-            // As for AUTH: a small indexed read, done here.
-            let tenant = shared.store.read(|c| query::tenant_by_domain(c, &domain));
+            // As for AUTH: on a blocking thread.
+            let store = shared.store.clone();
+            let tenant =
+                smol::unblock(move || store.read(|c| query::tenant_by_domain(c, &domain))).await;
             let result = match tenant {
                 Ok(t) => t.map(|t| AuthedTenant {
                     tenant: t.id,
