@@ -30,6 +30,13 @@ enum Scenario {
     Deferred,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum IntakeChoice {
+    Both,
+    Http,
+    Smtp,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "outpost-bench",
@@ -59,6 +66,10 @@ struct Args {
     /// Skip outpost (e.g. to measure Postfix alone).
     #[arg(long)]
     no_outpost: bool,
+    /// Which of outpost's intakes the throughput scenario runs (`both`: the HTTP API,
+    /// then SMTP when the daemon has a listener).
+    #[arg(long, value_enum, default_value = "both")]
+    intake: IntakeChoice,
     /// The daemon binary (default: target/release/outpost of this workspace).
     #[arg(long)]
     outpost: Option<PathBuf>,
@@ -339,10 +350,14 @@ fn throughput(args: &Args, bin: &Path, work: &Path, shape: &Shape) -> Result<boo
     let mut ok = true;
     let mut outpost_rate = None;
     if !args.no_outpost {
-        let r = outpost_run(args, bin, &work.join("outpost-http"), shape, false)?;
-        ok &= r.ok;
-        outpost_rate = r.outcome.delivered_per_s();
-        if daemons::outpost_has_smtp(bin) {
+        if args.intake != IntakeChoice::Smtp {
+            let r = outpost_run(args, bin, &work.join("outpost-http"), shape, false)?;
+            ok &= r.ok;
+            outpost_rate = r.outcome.delivered_per_s();
+        }
+        if args.intake == IntakeChoice::Http {
+            // HTTP only, as asked.
+        } else if daemons::outpost_has_smtp(bin) {
             let r = outpost_run(args, bin, &work.join("outpost-smtp"), shape, true)?;
             ok &= r.ok;
             if let Some(s) = r.outcome.delivered_per_s() {

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_io::Timer;
 use futures_lite::FutureExt;
 use outpost_core::engine::{BreakerView, QueueView};
 use outpost_core::io::{
@@ -12,6 +11,7 @@ use outpost_core::io::{
 };
 
 use crate::api::EngineGateway;
+use crate::lazy_timer::LazyTimer;
 use crate::runtime::{LoopHandle, Msg};
 
 /// How long an HTTP request waits for the engine (a store write included).
@@ -32,12 +32,27 @@ impl Gateway {
         &self,
         make: impl FnOnce(async_channel::Sender<T>) -> Msg,
     ) -> Option<T> {
+        thread_local! {
+            /// One timer per calling thread, kept across calls (see `LazyTimer`).
+            static TIMER: std::cell::RefCell<LazyTimer> = std::cell::RefCell::default();
+        }
         let (tx, rx) = async_channel::bounded(1);
         self.handle.tx.send_blocking(make(tx)).ok()?;
-        smol::block_on(async { rx.recv().await.ok() }.or(async {
-            Timer::after(ANSWER_TIMEOUT).await;
-            None
-        }))
+        let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+        // A plain park/unpark wait: this thread does not take over smol's reactor.
+        TIMER.with(|timer| match timer.try_borrow_mut() {
+            Ok(mut timer) => {
+                futures_lite::future::block_on(async { rx.recv().await.ok() }.or(async {
+                    timer.until(deadline).await;
+                    None
+                }))
+            }
+            // Re-entered (cannot happen: nothing here calls back): an own timer.
+            Err(_) => futures_lite::future::block_on(async { rx.recv().await.ok() }.or(async {
+                async_io::Timer::at(deadline).await;
+                None
+            })),
+        })
     }
 }
 
@@ -54,6 +69,30 @@ fn unavailable() -> SubmitError {
         "unavailable",
         "the server cannot take messages right now; try again",
     )
+}
+
+/// Submits from async code (the SMTP listener): the same as `Gateway::submit` without a
+/// blocking thread in between. `timer` bounds the wait (`ANSWER_TIMEOUT`).
+pub async fn submit_async(
+    handle: &LoopHandle,
+    submission: Submission,
+    timer: &mut LazyTimer,
+) -> Result<Receipt, SubmitError> {
+    if !handle.accepting.load(Ordering::SeqCst) {
+        return Err(unavailable());
+    }
+    let (tx, rx) = async_channel::bounded(1);
+    if handle.tx.send(Msg::Submit(submission, tx)).await.is_err() {
+        return Err(unavailable());
+    }
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    async { rx.recv().await.ok() }
+        .or(async {
+            timer.until(deadline).await;
+            None
+        })
+        .await
+        .unwrap_or_else(|| Err(unavailable()))
 }
 
 impl EngineGateway for Gateway {

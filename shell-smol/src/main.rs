@@ -11,6 +11,7 @@ mod demo;
 mod dkim;
 mod dns;
 mod gateway;
+mod lazy_timer;
 mod metrics;
 mod ratelimit;
 mod runtime;
@@ -72,7 +73,7 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
 fn start_smtp(
     settings: &Settings,
     store: store::Store,
-    gateway: std::sync::Arc<dyn api::EngineGateway>,
+    engine: runtime::LoopHandle,
     limiter: std::sync::Arc<ratelimit::RateLimiter>,
 ) -> Result<Option<std::net::SocketAddr>, ExitCode> {
     let Some(listen) = &settings.smtp else {
@@ -92,7 +93,7 @@ fn start_smtp(
         trusted: settings.trusted_networks.clone(),
         tls,
     };
-    match submission::start(listen.addr, sub, store, gateway, limiter) {
+    match submission::start(listen.addr, sub, store, engine, limiter) {
         Ok(a) => {
             tracing::info!(addr = %a, "SMTP submission listening");
             Ok(Some(a))
@@ -222,7 +223,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         ..Default::default()
     };
     let smtp_store = store.clone();
-    let smtp_gateway: std::sync::Arc<dyn api::EngineGateway> = gateway.clone();
+    let smtp_engine = handle.clone();
     let api = match api::serve(
         &settings.http.to_string(),
         store,
@@ -236,7 +237,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let smtp = match start_smtp(&settings, smtp_store, smtp_gateway, limiter) {
+    let smtp = match start_smtp(&settings, smtp_store, smtp_engine, limiter) {
         Ok(a) => a,
         Err(code) => return code,
     };

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
-use async_io::Timer;
 use futures_lite::FutureExt;
 use outpost_core::engine::{BreakerView, QueueView};
 use outpost_core::io::{AdminCommand, AdminError, AdminReply, Receipt, Submission, SubmitError};
-use outpost_core::{BatchId, ConnId, Engine, Input, Output, RequestId, Time};
+use outpost_core::{BatchId, ConnId, Engine, Input, MessageId, Output, RequestId, Time};
 
 use crate::dns::Dns;
+use crate::lazy_timer::LazyTimer;
 use crate::smtp_conn::{self, ConnCmd, ConnHandle};
 use crate::store::{Store, WriterHandle, spool_path};
 use crate::tls::TlsClient;
@@ -30,6 +30,9 @@ pub fn now() -> Time {
             .unwrap_or(0),
     )
 }
+
+/// Inputs the engine loop takes in a row before it yields to the other tasks.
+const MAX_STREAK: u32 = 64;
 
 /// A message to the engine loop.
 pub enum Msg {
@@ -69,6 +72,9 @@ pub struct Runtime {
     accepting: Arc<AtomicBool>,
     draining: Option<Instant>,
     counters: crate::metrics::Counters,
+    /// Spool files to delete, collected while draining the engine's outputs and handed to
+    /// the store writer in one go.
+    deletions: Vec<MessageId>,
 }
 
 /// Handles for the rest of the daemon.
@@ -95,23 +101,18 @@ impl Runtime {
             pending_webhooks = snapshot.pending_deliveries.len(),
             "store loaded"
         );
-        let (writer, done) = deps.store.spawn_writer();
+        // The writer reports straight into the loop's channel (no task in between).
         let fwd = tx.clone();
-        smol::spawn(async move {
-            while let Ok((batch, result)) = done.recv().await {
-                let input = match result {
-                    Ok(()) => Input::Persisted { batch },
-                    Err(error) => {
-                        tracing::error!(batch = batch.0, %error, "store write failed");
-                        Input::PersistFailed { batch, error }
-                    }
-                };
-                if fwd.send(Msg::Input(input)).await.is_err() {
-                    return;
+        let writer = deps.store.spawn_writer_with(move |batch, result| {
+            let input = match result {
+                Ok(()) => Input::Persisted { batch },
+                Err(error) => {
+                    tracing::error!(batch = batch.0, %error, "store write failed");
+                    Input::PersistFailed { batch, error }
                 }
-            }
-        })
-        .detach();
+            };
+            let _ = fwd.try_send(Msg::Input(input));
+        });
         let accepting = Arc::new(AtomicBool::new(true));
         engine.handle(t, Input::Recovered(Box::new(snapshot)));
         let mut rt = Runtime {
@@ -128,6 +129,7 @@ impl Runtime {
             accepting: accepting.clone(),
             draining: None,
             counters: crate::metrics::Counters::default(),
+            deletions: Vec::new(),
         };
         rt.drain_outputs();
         Ok((rt, LoopHandle { tx, accepting }))
@@ -139,7 +141,17 @@ impl Runtime {
             Msg(Option<Box<Msg>>),
             Timer,
         }
+        let mut timer = LazyTimer::default();
+        // Inputs handled since the loop last gave the executor thread to other tasks.
+        let mut streak = 0u32;
         loop {
+            // The loop shares its thread with the connection and session tasks: let them
+            // run now and then while inputs keep coming.
+            streak += 1;
+            if streak >= MAX_STREAK {
+                streak = 0;
+                futures_lite::future::yield_now().await;
+            }
             if let Some(since) = self.draining {
                 let idle = self.engine.is_drained()
                     && self.engine.unpersisted_batches() == 0
@@ -156,7 +168,22 @@ impl Runtime {
                     break;
                 }
             }
-            let mut wake_at: Option<Instant> = self.engine.poll_timeout().map(|t| {
+            let engine_due = self.engine.poll_timeout();
+            if engine_due.is_some_and(|t| t <= now()) {
+                self.engine.handle(now(), Input::Tick);
+                self.drain_outputs();
+                continue;
+            }
+            // What is queued is taken first, without arming a timer.
+            match self.rx.try_recv() {
+                Ok(msg) => {
+                    self.on_msg(msg);
+                    continue;
+                }
+                Err(async_channel::TryRecvError::Closed) => break,
+                Err(async_channel::TryRecvError::Empty) => self.flush_deletions(),
+            }
+            let mut wake_at: Option<Instant> = engine_due.map(|t| {
                 let n = now();
                 Instant::now() + Duration::from_millis(t.0.saturating_sub(n.0))
             });
@@ -169,22 +196,19 @@ impl Runtime {
             let wake = match wake_at {
                 Some(at) => {
                     recv.or(async {
-                        Timer::at(at).await;
+                        timer.until(at).await;
                         Wake::Timer
                     })
                     .await
                 }
                 None => recv.await,
             };
+            streak = 0;
             match wake {
                 Wake::Msg(Some(msg)) => self.on_msg(*msg),
                 Wake::Msg(None) => break,
-                Wake::Timer => {
-                    if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
-                        self.engine.handle(now(), Input::Tick);
-                        self.drain_outputs();
-                    }
-                }
+                // The engine's timer is handled at the top of the loop.
+                Wake::Timer => {}
             }
         }
         self.finish().await;
@@ -192,6 +216,7 @@ impl Runtime {
 
     async fn finish(mut self) {
         self.accepting.store(false, Ordering::SeqCst);
+        self.flush_deletions();
         for (_, c) in self.conns.drain() {
             c.close();
         }
@@ -306,6 +331,31 @@ impl Runtime {
     fn drain_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             self.dispatch(out);
+        }
+        if self.deletions.len() >= 1024 {
+            self.flush_deletions();
+        }
+    }
+
+    /// Hands the collected spool deletions to the store writer (when the loop is about to
+    /// wait: one hand-off for all that a burst of inputs made final).
+    fn flush_deletions(&mut self) {
+        if !self.deletions.is_empty() {
+            let ids = std::mem::take(&mut self.deletions);
+            let left = match &self.writer {
+                Some(w) => w.delete_spool(ids).err(),
+                None => Some(ids),
+            };
+            // No writer (stopped): delete on a blocking thread.
+            if let Some(ids) = left.filter(|ids| !ids.is_empty()) {
+                let store = self.deps.store.clone();
+                smol::spawn(async move {
+                    if let Err(e) = smol::unblock(move || store.delete_spool(&ids)).await {
+                        tracing::warn!(error = %e, "deleting spool files failed");
+                    }
+                })
+                .detach();
+            }
         }
     }
 
@@ -430,15 +480,8 @@ impl Runtime {
                 })
                 .detach();
             }
-            Output::DeleteSpool { message } => {
-                let store = self.deps.store.clone();
-                smol::spawn(async move {
-                    if let Err(e) = smol::unblock(move || store.delete_spool(&[message])).await {
-                        tracing::warn!(message_id = %message, error = %e, "deleting the spool file failed");
-                    }
-                })
-                .detach();
-            }
+            // Collected; `drain_outputs` hands them to the store writer together.
+            Output::DeleteSpool { message } => self.deletions.push(message),
             Output::ScanSpool => {
                 let store = self.deps.store.clone();
                 let report = self.report();
@@ -500,6 +543,7 @@ mod tests {
     use crate::api::EngineGateway;
     use crate::gateway::Gateway;
     use async_io::Async;
+    use async_io::Timer;
     use futures_lite::io::BufReader;
     use futures_lite::{AsyncBufReadExt, AsyncWriteExt};
     use outpost_core::TenantId;

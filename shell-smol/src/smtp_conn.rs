@@ -249,10 +249,24 @@ async fn write(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
     stream.flush().await
 }
 
+/// Spool files up to this size are read in one go on the connection's task (they were
+/// written moments ago and sit in the page cache: one `read`, no thread hand-off); larger
+/// ones are streamed through a blocking thread.
+const INLINE_SPOOL_MAX: u64 = 1024 * 1024;
+
 async fn send_spool(stream: &mut Stream, path: &std::path::Path) -> io::Result<()> {
-    let mut file = smol::fs::File::open(path)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("spool file: {e}")))?;
+    let spool_err = |e: io::Error| io::Error::new(e.kind(), format!("spool file: {e}"));
+    let mut file = std::fs::File::open(path).map_err(spool_err)?;
+    let len = file.metadata().map_err(spool_err)?.len();
+    if len <= INLINE_SPOOL_MAX {
+        // The message and its terminating `.\r\n` in one write.
+        let mut bytes = Vec::with_capacity(len as usize + 3);
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(spool_err)?;
+        bytes.extend_from_slice(b".\r\n");
+        stream.write_all(&bytes).await?;
+        return stream.flush().await;
+    }
+    let mut file = smol::Unblock::new(file);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         let n = file.read(&mut chunk).await?;

@@ -26,8 +26,9 @@ use outpost_core::smtp::server::{
     AuthedTenant, ServerAction, ServerConfig, ServerEvent, ServerSession,
 };
 
-use crate::api::EngineGateway;
+use crate::lazy_timer::LazyTimer;
 use crate::ratelimit::RateLimiter;
+use crate::runtime::LoopHandle;
 use crate::runtime::now;
 use crate::store::Store;
 use crate::store::query;
@@ -134,7 +135,7 @@ pub struct SubmissionSettings {
 struct Shared {
     settings: SubmissionSettings,
     store: Store,
-    gateway: Arc<dyn EngineGateway>,
+    engine: LoopHandle,
     limiter: Arc<RateLimiter>,
     clients: AtomicUsize,
 }
@@ -144,7 +145,7 @@ pub fn start(
     addr: SocketAddr,
     settings: SubmissionSettings,
     store: Store,
-    gateway: Arc<dyn EngineGateway>,
+    engine: LoopHandle,
     limiter: Arc<RateLimiter>,
 ) -> Result<SocketAddr, String> {
     let listener = Async::<TcpListener>::bind(addr).map_err(|e| format!("{addr}: {e}"))?;
@@ -155,7 +156,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         settings,
         store,
-        gateway,
+        engine,
         limiter,
         clients: AtomicUsize::new(0),
     });
@@ -257,6 +258,8 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
     tracing::debug!(%peer, trusted, "SMTP client connected");
     let mut messages = 0u32;
     let mut buf = vec![0u8; READ_CHUNK];
+    // One timer for the connection's deadlines and waits (see `LazyTimer`).
+    let mut timer = LazyTimer::default();
     'conn: loop {
         // Carry out what the session asked for, answering its questions, until it needs
         // input.
@@ -302,7 +305,7 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
             let Some(event) = session.poll_event() else {
                 break;
             };
-            answer(shared, &mut session, event, &mut messages).await;
+            answer(shared, &mut session, event, &mut messages, &mut timer).await;
         }
         if session.is_closed() {
             break;
@@ -311,9 +314,9 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
         let read = async { Some(stream.read(&mut buf).await) };
         let got = match deadline {
             Some(d) => {
-                let wait = Duration::from_millis(d.0.saturating_sub(now().0));
+                let at = Instant::now() + Duration::from_millis(d.0.saturating_sub(now().0));
                 read.or(async {
-                    Timer::after(wait).await;
+                    timer.until(at).await;
                     None
                 })
                 .await
@@ -338,11 +341,19 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
 }
 
 /// Answers one of the session's questions.
-async fn answer(shared: &Shared, session: &mut ServerSession, event: ServerEvent, n: &mut u32) {
+async fn answer(
+    shared: &Shared,
+    session: &mut ServerSession,
+    event: ServerEvent,
+    n: &mut u32,
+    timer: &mut LazyTimer,
+) {
     match event {
         ServerEvent::AuthRequest { username, password } => {
             let store = shared.store.clone();
             let hash = crate::api::hex(&crate::api::hash_key(&password));
+            // On a blocking thread: a store read can wait for a lock (busy timeout), and
+            // this thread serves every session.
             let tenant =
                 smol::unblock(move || store.read(|c| query::tenant_by_key_hash(c, &hash))).await;
             let result = match tenant {
@@ -365,6 +376,7 @@ async fn answer(shared: &Shared, session: &mut ServerSession, event: ServerEvent
             session.on_auth_result(now(), result);
         }
         ServerEvent::SenderCheck { domain } => {
+            // As for AUTH: on a blocking thread.
             let store = shared.store.clone();
             let tenant =
                 smol::unblock(move || store.read(|c| query::tenant_by_domain(c, &domain))).await;
@@ -410,13 +422,13 @@ async fn answer(shared: &Shared, session: &mut ServerSession, event: ServerEvent
                     smtputf8,
                 },
             };
-            let gateway = shared.gateway.clone();
-            // The gateway blocks until the engine answers (after the store commit).
-            let result = smol::unblock(move || gateway.submit(submission)).await;
+            // The engine answers after the store commit.
+            let result = crate::gateway::submit_async(&shared.engine, submission, timer).await;
             match &result {
                 Ok(r) => {
                     *n += 1;
-                    tracing::info!(message_id = %r.id, recipients = r.recipients.len(), "SMTP message accepted");
+                    // The engine loop logs the acceptance at INFO (every intake).
+                    tracing::debug!(message_id = %r.id, recipients = r.recipients.len(), "SMTP message accepted");
                 }
                 Err(e) => tracing::info!(code = %e.code, "SMTP message refused"),
             }

@@ -2,8 +2,8 @@
 //!
 //! Layout of the data directory:
 //! - `outpost.db` (+ `-wal`, `-shm`): everything but message bodies, mode 0600.
-//! - `spool/<shard>/<message id>`: each message as sent on the wire, written (temp file,
-//!   fsync, rename, fsync of the directory) before the row that references it commits.
+//! - `spool/<shard>/<message id>`: each message as sent on the wire, written and synced
+//!   (the file and its directory) before the row that references it commits.
 //!
 //! One writer thread applies the engine's `StoreOp` batches with group commit
 //! ([`Store::spawn_writer`]); the API reads through a small pool of connections
@@ -165,6 +165,19 @@ impl Store {
     /// receiver, one per submitted batch, in submission order.
     pub fn spawn_writer(&self) -> (WriterHandle, Completions) {
         writer::spawn(self.inner.db_path.clone(), self.inner.data_dir.clone())
+    }
+
+    /// Starts the single writer thread; it calls `done` (on its thread) with each batch's
+    /// completion, in submission order.
+    pub fn spawn_writer_with(
+        &self,
+        done: impl Fn(outpost_core::BatchId, Result<(), String>) + Send + Sync + 'static,
+    ) -> WriterHandle {
+        writer::spawn_with(
+            self.inner.db_path.clone(),
+            self.inner.data_dir.clone(),
+            Box::new(done),
+        )
     }
 
     /// Lists the spool files, and reads the live set (messages with any non-terminal

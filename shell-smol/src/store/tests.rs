@@ -685,3 +685,58 @@ fn commit_group_isolates_a_constraint_failure_between_good_batches() {
     assert_eq!(snap.last_event_seq, 1);
     assert!(!spool_path(dir.path(), b).exists());
 }
+
+#[test]
+fn concurrent_syncs_answer_each_item_in_order() {
+    fn odd_fails(i: usize) -> std::io::Result<()> {
+        if i % 2 == 1 {
+            Err(std::io::Error::other(format!("item {i}")))
+        } else {
+            Ok(())
+        }
+    }
+    for n in [0, 1, 2, 15, 16, 17, 100] {
+        let results = spool::concurrently((0..n).collect(), odd_fails);
+        assert_eq!(results.len(), n);
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(()) => assert_eq!(i % 2, 0),
+                Err(e) => assert_eq!(e.to_string(), format!("item {i}")),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_spool_file_is_written_under_its_name_and_a_failed_batch_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (msg_id(1, T0), msg_id(2, T0));
+    let ev = event(1, 1, a, EventKind::Queued);
+    let mut clash = event(1, 1, b, EventKind::Queued);
+    clash.id = EventId(ulid(T0, 4243));
+    let results = apply(
+        &store,
+        vec![
+            vec![
+                insert(message(a, 1, &["x@d.example"])),
+                StoreOp::InsertEvent(ev),
+            ],
+            vec![
+                insert(message(b, 1, &["y@d.example"])),
+                StoreOp::InsertEvent(clash),
+            ],
+        ],
+    );
+    assert_eq!(results[0], Ok(()));
+    assert!(results[1].is_err());
+    assert!(spool_path(dir.path(), a).is_file());
+    assert!(!spool_path(dir.path(), b).exists());
+    // Nothing but spool files under the shards (no temp names left behind).
+    let shard = spool_path(dir.path(), a).parent().unwrap().to_path_buf();
+    let names: Vec<String> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec![a.to_string()]);
+}

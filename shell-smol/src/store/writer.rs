@@ -1,20 +1,21 @@
 //! The single writer thread: group commit of the engine's `StoreOp` batches.
 //!
 //! It takes whatever batches are waiting (up to `MAX_GROUP`), writes their spool files
-//! (temp file, fsync, rename, then one fsync per touched directory), and applies all of
+//! (then syncs them and their directories, all side by side), and applies all of
 //! them in one SQLite transaction, each batch inside its own SAVEPOINT: a batch that fails
 //! (a constraint, a spool write on a full disk) is rolled back alone and answered `Err`,
-//! the others commit. Answers go out only after COMMIT returned.
+//! the others commit. Answers go out only after COMMIT returned. It also removes the spool
+//! files of final messages, many at a time, after the group in hand.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 
-use outpost_core::BatchId;
 use outpost_core::io::{Receipt, ReceiptRecipient};
 use outpost_core::model::StoreOp;
 use outpost_core::status::{RecipientStatus, derive_message_status};
+use outpost_core::{BatchId, MessageId};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::*;
@@ -22,14 +23,19 @@ use super::{StoreError, open_connection, spool};
 
 /// Most batches applied in one transaction.
 const MAX_GROUP: usize = 512;
+/// Prepared statements the writer connection keeps (every statement it runs).
+const STATEMENT_CACHE: usize = 64;
 
-type Done = async_channel::Sender<(BatchId, Result<(), String>)>;
+/// Where a batch's completion goes: `(batch, Ok(()) | Err(reason))`, in submission order.
+type Done = Box<dyn Fn(BatchId, Result<(), String>) + Send + Sync>;
 
 /// Where batch completions arrive: `(batch, Ok(()) | Err(reason))`, in submission order.
 pub type Completions = async_channel::Receiver<(BatchId, Result<(), String>)>;
 
 enum Cmd {
     Batch(BatchId, Vec<StoreOp>),
+    /// Spool files of final messages, removed after the group in hand commits.
+    DeleteSpool(Vec<MessageId>),
     Stop,
 }
 
@@ -37,7 +43,7 @@ enum Cmd {
 /// after the batches already submitted.
 pub struct WriterHandle {
     tx: mpsc::Sender<Cmd>,
-    done: Done,
+    done: Arc<Done>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -48,12 +54,21 @@ impl std::fmt::Debug for WriterHandle {
 }
 
 impl WriterHandle {
-    /// Queues a batch; its completion arrives on the receiver from `spawn_writer`.
+    /// Queues a batch; its completion is reported as `spawn`/`spawn_with` says.
     pub fn submit(&self, batch: BatchId, ops: Vec<StoreOp>) {
         if self.tx.send(Cmd::Batch(batch, ops)).is_err() {
-            let _ = self
-                .done
-                .try_send((batch, Err("store writer is not running".to_string())));
+            (self.done)(batch, Err("store writer is not running".to_string()));
+        }
+    }
+
+    /// Queues the removal of spool files (missing ones are fine). The writer thread does
+    /// it when no batch waits, many at a time, off the answers' path.
+    /// Returns the ids back if the writer is not running.
+    pub fn delete_spool(&self, ids: Vec<MessageId>) -> Result<(), Vec<MessageId>> {
+        match self.tx.send(Cmd::DeleteSpool(ids)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::SendError(Cmd::DeleteSpool(ids))) => Err(ids),
+            Err(_) => Err(Vec::new()),
         }
     }
 
@@ -66,60 +81,117 @@ impl WriterHandle {
     }
 }
 
+/// Starts the writer; completions arrive on the returned channel.
 pub fn spawn(db_path: PathBuf, data_dir: PathBuf) -> (WriterHandle, Completions) {
-    let (tx, rx) = mpsc::channel();
     let (done_tx, done_rx) = async_channel::unbounded();
-    let done = done_tx.clone();
+    let handle = spawn_with(
+        db_path,
+        data_dir,
+        Box::new(move |batch, result| {
+            let _ = done_tx.try_send((batch, result));
+        }),
+    );
+    (handle, done_rx)
+}
+
+/// Starts the writer; it calls `done` with each batch's completion (from its thread).
+pub fn spawn_with(db_path: PathBuf, data_dir: PathBuf, done: Done) -> WriterHandle {
+    let (tx, rx) = mpsc::channel();
+    let done = Arc::new(done);
+    let report = done.clone();
     let thread = thread::Builder::new()
         .name("outpost-store-writer".to_string())
-        .spawn(move || run(&db_path, &data_dir, &rx, &done_tx))
+        .spawn(move || run(&db_path, &data_dir, &rx, &report))
         .ok();
     if thread.is_none() {
         tracing::error!("could not start the store writer thread");
     }
-    (WriterHandle { tx, done, thread }, done_rx)
+    WriterHandle { tx, done, thread }
 }
+
+/// Spool deletions kept waiting for an idle moment at most (then done between groups).
+const MAX_DEFERRED_DELETIONS: usize = 4096;
 
 fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
     let mut conn = match open_connection(db_path) {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+            Some(c)
+        }
         Err(e) => {
             tracing::error!(error = %e, "store writer could not open the database");
             None
         }
     };
-    loop {
-        let mut batches = Vec::new();
-        let mut stop = false;
-        match rx.recv() {
-            Ok(Cmd::Batch(id, ops)) => batches.push((id, ops)),
-            Ok(Cmd::Stop) | Err(_) => break,
+    // Spool files to remove: done when nothing else is queued (commits come first, the
+    // answers wait for them), or once too many wait.
+    let mut deletions: Vec<MessageId> = Vec::new();
+    let delete = |ids: &mut Vec<MessageId>| {
+        if !ids.is_empty() {
+            // Errors are logged per file; nothing else to do about them here.
+            let _ = spool::delete(data_dir, ids);
+            ids.clear();
         }
-        while batches.len() < MAX_GROUP {
+    };
+    let mut stop = false;
+    while !stop {
+        let mut batches = Vec::new();
+        let first = match rx.try_recv() {
+            Ok(cmd) => Ok(cmd),
+            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {
+                delete(&mut deletions);
+                rx.recv()
+            }
+        };
+        match first {
+            Ok(cmd) => stop = take(cmd, &mut batches, &mut deletions),
+            Err(_) => break,
+        }
+        // Everything already queued goes into this group.
+        while !stop && batches.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(Cmd::Batch(id, ops)) => batches.push((id, ops)),
-                Ok(Cmd::Stop) => {
-                    stop = true;
-                    break;
-                }
+                Ok(cmd) => stop = take(cmd, &mut batches, &mut deletions),
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        let results = match conn.as_mut() {
-            Some(conn) => commit_group(conn, data_dir, batches),
-            None => batches
-                .into_iter()
-                .map(|(id, _)| (id, Err("store is not open".to_string())))
-                .collect(),
-        };
-        crate::metrics::STORE_COMMIT.observe(started.elapsed());
-        for r in results {
-            let _ = done.try_send(r);
+        if !batches.is_empty() {
+            let started = std::time::Instant::now();
+            let results = match conn.as_mut() {
+                Some(conn) => commit_group(conn, data_dir, batches),
+                None => batches
+                    .into_iter()
+                    .map(|(id, _)| (id, Err("store is not open".to_string())))
+                    .collect(),
+            };
+            crate::metrics::STORE_COMMIT.observe(started.elapsed());
+            for (id, r) in results {
+                done(id, r);
+            }
         }
-        if stop {
-            break;
+        if deletions.len() >= MAX_DEFERRED_DELETIONS {
+            delete(&mut deletions);
         }
+    }
+    delete(&mut deletions);
+}
+
+/// Files a command: a batch into the group, deletions into the list. True for `Stop`.
+fn take(
+    cmd: Cmd,
+    batches: &mut Vec<(BatchId, Vec<StoreOp>)>,
+    deletions: &mut Vec<MessageId>,
+) -> bool {
+    match cmd {
+        Cmd::Batch(id, ops) => {
+            batches.push((id, ops));
+            false
+        }
+        Cmd::DeleteSpool(ids) => {
+            deletions.extend(ids);
+            false
+        }
+        Cmd::Stop => true,
     }
 }
 
@@ -141,6 +213,12 @@ impl Pending {
     }
 }
 
+/// Runs a statement without parameters through the connection's statement cache (BEGIN,
+/// COMMIT, SAVEPOINT...: `execute_batch` would parse them anew every time).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Applies a group of batches in one transaction; returns each batch's result in order.
 pub(super) fn commit_group(
     conn: &mut Connection,
@@ -159,23 +237,47 @@ pub(super) fn commit_group(
         .collect();
 
     // 1. Spool files, durable before the rows that name them commit: every file of the
-    //    group written, then all synced side by side, then named, then their directories
-    //    synced side by side (see `spool::concurrently` for why not one after the other).
+    //    group written, then all of them and their directories synced side by side (see
+    //    `spool::concurrently` for why not one after the other).
     let mut staged: Vec<(usize, spool::Staged)> = Vec::new();
+    let mut files: Vec<spool::SyncItem> = Vec::new();
     let mut seen = BTreeSet::new();
+    // One read transaction for the group's "already stored?" checks, not one per message.
+    let read_txn = pending.iter().any(|p| {
+        p.ops
+            .iter()
+            .any(|op| matches!(op, StoreOp::InsertMessage { .. }))
+    }) && exec_cached(conn, "BEGIN").is_ok();
     for (i, p) in pending.iter_mut().enumerate() {
-        stage_spools(conn, data_dir, p, i, &mut staged, &mut seen);
+        stage_spools(conn, data_dir, p, i, &mut staged, &mut files, &mut seen);
     }
-    let synced = spool::concurrently(&staged, |(_, s)| s.file.sync_all());
-    for ((i, s), synced) in staged.iter().zip(synced) {
+    if read_txn {
+        let _ = exec_cached(conn, "COMMIT");
+    }
+    let dirs: Vec<PathBuf> = staged
+        .iter()
+        .map(|(_, s)| s.dir.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let n_files = files.len();
+    files.extend(dirs.iter().cloned().map(spool::SyncItem::Dir));
+    let mut results = spool::concurrently(files, spool::SyncItem::sync).into_iter();
+    let file_results: Vec<std::io::Result<()>> = results.by_ref().take(n_files).collect();
+    let dir_result: BTreeMap<PathBuf, Result<(), String>> = dirs
+        .into_iter()
+        .zip(results.map(|r| r.map_err(|e| e.to_string())))
+        .collect();
+    for ((i, s), synced) in staged.iter().zip(file_results) {
         let Some(p) = pending.get_mut(*i) else {
+            s.discard();
             continue;
         };
         if p.error.is_some() {
             s.discard();
             continue;
         }
-        match synced.and_then(|()| s.publish()) {
+        match synced {
             Ok(()) => {
                 p.written.push(s.path.clone());
                 p.dirs.insert(s.dir.clone());
@@ -188,43 +290,26 @@ pub(super) fn commit_group(
         }
     }
     drop(staged);
-    let dirs: Vec<PathBuf> = pending
-        .iter()
-        .flat_map(|p| p.dirs.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let results = spool::concurrently(&dirs, |d| spool::fsync_dir(d));
-    let dir_result: BTreeMap<PathBuf, Result<(), String>> = dirs
-        .into_iter()
-        .zip(results.into_iter().map(|r| r.map_err(|e| e.to_string())))
-        .collect();
     for p in &mut pending {
-        let failed = p
-            .dirs
-            .iter()
-            .find_map(|d| dir_result.get(d).and_then(|r| r.as_ref().err()).cloned());
+        let failed = p.dirs.iter().find_map(|d| match dir_result.get(d) {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(e.clone()),
+            None => Some("not synced".to_string()),
+        });
         if let Some(e) = failed {
             p.fail(format!("spool directory fsync failed: {e}"));
         }
     }
 
-    // 2. One transaction, one savepoint per batch.
-    let mut group_error = None;
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        group_error = Some(format!("begin: {e}"));
-    } else {
-        for p in pending.iter_mut().filter(|p| p.error.is_none()) {
-            if let Err(e) = apply_batch(conn, &p.ops) {
-                tracing::warn!(batch = p.id.0, error = %e, "store batch rolled back");
-                p.fail(e.to_string());
-            }
-        }
-        if let Err(e) = conn.execute_batch("COMMIT") {
-            let _ = conn.execute_batch("ROLLBACK");
-            group_error = Some(format!("commit: {e}"));
-        }
-    }
+    // 2. One transaction. Optimistically without savepoints (a failing batch is rare and
+    //    a savepoint costs a sub-journal write of every page it touches); if a batch fails,
+    //    the whole transaction is rolled back and the group is applied again with one
+    //    savepoint per batch, so that only the failing batch is refused.
+    let group_error = match apply_group(conn, &mut pending, false) {
+        Ok(true) => None,
+        Ok(false) => apply_group(conn, &mut pending, true).err(),
+        Err(e) => Some(e),
+    };
     if let Some(e) = group_error {
         tracing::error!(error = %e, "store transaction failed");
         for p in pending.iter_mut().filter(|p| p.error.is_none()) {
@@ -240,13 +325,49 @@ pub(super) fn commit_group(
         .collect()
 }
 
-/// Writes (unsynced, under temp names) the spool files of the batch's new messages.
+/// Applies the group's good batches in one transaction. Without `savepoints`, the first
+/// failing batch rolls everything back and `Ok(false)` is returned (nothing committed,
+/// no batch marked). With them, a failing batch is rolled back alone and marked failed.
+/// `Err` is a failure of the transaction itself (BEGIN or COMMIT).
+fn apply_group(
+    conn: &Connection,
+    pending: &mut [Pending],
+    savepoints: bool,
+) -> Result<bool, String> {
+    exec_cached(conn, "BEGIN IMMEDIATE").map_err(|e| format!("begin: {e}"))?;
+    for p in pending.iter_mut().filter(|p| p.error.is_none()) {
+        let result = if savepoints {
+            apply_batch(conn, &p.ops)
+        } else {
+            p.ops.iter().try_for_each(|op| apply_op(conn, op))
+        };
+        if let Err(e) = result {
+            if !savepoints {
+                tracing::debug!(batch = p.id.0, error = %e, "store group retried with savepoints");
+                return match exec_cached(conn, "ROLLBACK") {
+                    Ok(()) => Ok(false),
+                    Err(e) => Err(format!("rollback: {e}")),
+                };
+            }
+            tracing::warn!(batch = p.id.0, error = %e, "store batch rolled back");
+            p.fail(e.to_string());
+        }
+    }
+    if let Err(e) = exec_cached(conn, "COMMIT") {
+        let _ = exec_cached(conn, "ROLLBACK");
+        return Err(format!("commit: {e}"));
+    }
+    Ok(true)
+}
+
+/// Writes (unsynced) the spool files of the batch's new messages.
 fn stage_spools(
     conn: &Connection,
     data_dir: &Path,
     p: &mut Pending,
     batch: usize,
     staged: &mut Vec<(usize, spool::Staged)>,
+    files: &mut Vec<spool::SyncItem>,
     seen: &mut BTreeSet<outpost_core::MessageId>,
 ) {
     for op in &p.ops {
@@ -271,7 +392,10 @@ fn stage_spools(
             continue;
         }
         match spool::stage(data_dir, message.id, spool) {
-            Ok(s) => staged.push((batch, s)),
+            Ok((s, file)) => {
+                staged.push((batch, s));
+                files.push(spool::SyncItem::File(file));
+            }
             Err(e) => {
                 tracing::warn!(message = %message.id, error = %e, "spool write failed");
                 p.error
@@ -283,15 +407,16 @@ fn stage_spools(
 }
 
 fn apply_batch(conn: &Connection, ops: &[StoreOp]) -> Result<(), StoreError> {
-    conn.execute_batch("SAVEPOINT batch")?;
+    exec_cached(conn, "SAVEPOINT batch")?;
     let result = ops.iter().try_for_each(|op| apply_op(conn, op));
     match result {
         Ok(()) => {
-            conn.execute_batch("RELEASE batch")?;
+            exec_cached(conn, "RELEASE batch")?;
             Ok(())
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+            exec_cached(conn, "ROLLBACK TO batch")?;
+            exec_cached(conn, "RELEASE batch")?;
             Err(e)
         }
     }
@@ -301,7 +426,12 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-const TERMINAL_SQL: &str = "('delivered','bounced','failed','suppressed')";
+/// A recipient update that never overwrites a terminal status (the statuses of
+/// `RecipientStatus::is_terminal`; `terminal_status_is_never_overwritten` tests it).
+const UPDATE_RECIPIENT_SQL: &str = "UPDATE recipients SET status = ?3, attempts = ?4,
+    next_attempt_at = ?5, updated_at = ?6, reason = ?7
+    WHERE message_id = ?1 AND idx = ?2
+        AND status NOT IN ('delivered','bounced','failed','suppressed')";
 
 pub(super) fn apply_op(conn: &Connection, op: &StoreOp) -> Result<(), StoreError> {
     match op {
@@ -383,21 +513,15 @@ pub(super) fn apply_op(conn: &Connection, op: &StoreOp) -> Result<(), StoreError
             reason,
         } => {
             let id = message.to_string();
-            let changed = conn
-                .prepare_cached(&format!(
-                    "UPDATE recipients SET status = ?3, attempts = ?4, next_attempt_at = ?5,
-                        updated_at = ?6, reason = ?7
-                     WHERE message_id = ?1 AND idx = ?2 AND status NOT IN {TERMINAL_SQL}"
-                ))?
-                .execute(params![
-                    id,
-                    idx,
-                    status.as_str(),
-                    attempts,
-                    opt_time_to_sql(*next_attempt_at),
-                    time_to_sql(*at),
-                    reason,
-                ])?;
+            let changed = conn.prepare_cached(UPDATE_RECIPIENT_SQL)?.execute(params![
+                id,
+                idx,
+                status.as_str(),
+                attempts,
+                opt_time_to_sql(*next_attempt_at),
+                time_to_sql(*at),
+                reason,
+            ])?;
             if changed == 0 {
                 tracing::debug!(message = %message, idx, "recipient update refused (terminal or unknown)");
                 return Ok(());
