@@ -301,14 +301,7 @@ impl Engine {
             let Some(m) = self.messages.get_mut(&message) else {
                 continue;
             };
-            idxs.retain(|&i| {
-                m.rcpts.get(i as usize).is_some_and(|r| {
-                    matches!(
-                        r.status,
-                        RecipientStatus::Queued | RecipientStatus::Deferred
-                    )
-                })
-            });
+            idxs.retain(|&i| m.rcpts.get(i as usize).is_some_and(|r| r.is_waiting()));
             if idxs.is_empty() {
                 continue;
             }
@@ -316,9 +309,9 @@ impl Engine {
                 if let Some(r) = m.rcpts.get_mut(i as usize) {
                     r.status = RecipientStatus::Sending;
                     r.attempts += 1;
-                    if let Some(old) = r.next_attempt_at.take() {
-                        self.timers.remove(&(old, Timer::Due(message, i)));
-                    }
+                    // A pending due time is moot now (the message's timer, if it was for
+                    // it, fires early and is recomputed).
+                    r.next_attempt_at = None;
                 }
             }
             let mut txn = Txn {
@@ -396,11 +389,11 @@ impl Engine {
     fn envelope(&self, txn: &Txn) -> Option<Envelope> {
         let m = self.messages.get(&txn.message)?;
         Some(Envelope {
-            mail_from: m.mail_from.clone(),
+            mail_from: m.mail_from.to_string(),
             rcpt_to: txn
                 .idxs
                 .iter()
-                .filter_map(|&i| m.rcpts.get(i as usize).map(|r| r.address.clone()))
+                .filter_map(|&i| m.rcpts.get(i as usize).map(|r| r.address.to_string()))
                 .collect(),
             size: m.size,
             smtputf8: m.smtputf8,

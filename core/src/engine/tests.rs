@@ -869,7 +869,9 @@ fn recovery_resumes_pending_and_warms_up_breakers() {
             _ => {}
         }
     }
-    snap.messages = messages.into_values().collect();
+    for m in messages.values() {
+        snap.push_message(m);
+    }
     let mut e2 = Engine::new(Config::default(), 7);
     e2.handle(w.now, Input::Recovered(Box::new(snap.clone())));
     assert_eq!(e2.pending_recipients(), 6);
@@ -1004,9 +1006,10 @@ fn unwritable_recovered_envelope_is_settled() {
     fresh.engine = Engine::new(Config::default(), 9);
     fresh.engine.handle(
         fresh.now,
-        Input::Recovered(Box::new(Snapshot {
-            messages: vec![record.clone()],
-            ..Snapshot::default()
+        Input::Recovered(Box::new({
+            let mut s = Snapshot::default();
+            s.push_message(&record);
+            s
         })),
     );
     fresh.run_for(MIN);
@@ -1497,4 +1500,24 @@ fn messages_per_minute_shapes_a_destination() {
     }
     // Every recipient was delivered on its first attempt: shaping is not a failure.
     assert!(w.attempts().iter().all(|a| a.attempt == 1));
+}
+
+/// What a waiting message costs: a queue of deferred mail holds one `Msg` per message (in
+/// the `messages` B-tree, beside its 16-byte id), one `msg_timers` entry, and the heap
+/// strings of its Message-ID and recipient addresses. Guards the compact layout.
+#[test]
+fn per_message_memory_stays_compact() {
+    use core::mem::size_of;
+    assert!(
+        size_of::<super::Rcpt>() <= 56,
+        "Rcpt {}",
+        size_of::<super::Rcpt>()
+    );
+    assert_eq!(size_of::<super::Rcpts>(), size_of::<super::Rcpt>());
+    assert!(
+        size_of::<super::Msg>() <= 144,
+        "Msg {}",
+        size_of::<super::Msg>()
+    );
+    assert_eq!(size_of::<(Time, MessageId)>(), 32);
 }

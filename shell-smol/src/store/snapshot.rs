@@ -1,13 +1,14 @@
 //! `Snapshot` at start-up, read in one read transaction (a consistent view).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_core::classify::Category;
 use outpost_core::io::Receipt;
 use outpost_core::model::{
-    AttemptRecord, EndpointRecord, EventKind, EventRecord, Idempotency, IdempotencyEntry,
-    MessageRecord, PendingDelivery, RecipientRecord, Snapshot, WebhookDeliveryRecord,
+    AttemptRecord, EndpointRecord, EventKind, EventRecord, IdempotencyEntry, PendingDelivery,
+    PendingMessage, PendingRecipient, RecipientRecord, Snapshot, WebhookDeliveryRecord,
     WebhookSecret,
 };
 use outpost_core::smtp::Stage;
@@ -17,7 +18,7 @@ use rusqlite::{Connection, Row};
 
 use super::StoreError;
 use super::codec::*;
-use super::schema::LIVE_MESSAGE_STATUSES;
+use super::schema::LIVE_MESSAGE_STATUS_LIST;
 
 pub fn load(
     conn: &mut Connection,
@@ -26,10 +27,8 @@ pub fn load(
     idempotency_window: Duration,
 ) -> Result<Snapshot, StoreError> {
     let tx = conn.transaction()?;
-    let mut snap = Snapshot {
-        messages: live_messages(&tx)?,
-        ..Snapshot::default()
-    };
+    let mut snap = Snapshot::default();
+    live_messages(&tx, &mut snap)?;
 
     snap.suppressions = tx
         .prepare("SELECT tenant_id, address FROM suppressions ORDER BY tenant_id, address")?
@@ -87,12 +86,6 @@ pub fn load(
     Ok(snap)
 }
 
-const MESSAGE_COLUMNS: &str = "id, tenant_id, source, message_id_header, mail_from, subject, \
-     tags, size, smtputf8, eight_bit, created_at, expires_at, idem_key, idem_hash";
-
-const RECIPIENT_COLUMNS: &str =
-    "message_id, idx, address, domain, kind, status, attempts, next_attempt_at, updated_at, reason";
-
 pub(super) const ATTEMPT_COLUMNS: &str = "message_id, idx, tenant_id, domain, attempt, \
      started_at, duration_ms, status, stage, smtp_code, enhanced_code, response, category, rule, \
      mx, ip, tls, breaker_failure";
@@ -100,57 +93,59 @@ pub(super) const ATTEMPT_COLUMNS: &str = "message_id, idx, tenant_id, domain, at
 const EVENT_COLUMNS_E: &str =
     "e.seq, e.id, e.tenant_id, e.kind, e.at, e.message_id, e.idx, e.payload";
 
-/// Every live message (≥1 non-terminal recipient) with all its recipients: two queries.
-fn live_messages(conn: &Connection) -> Result<Vec<MessageRecord>, StoreError> {
-    let mut messages: BTreeMap<MessageId, MessageRecord> = conn
-        .prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"
-        ))?
-        .query_map([], message_from_row)?
-        .map(|m| m.map(|m| (m.id, m)))
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN
-            (SELECT id FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES})
-         ORDER BY message_id, idx"
-    ))?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            get_parsed(r, 0, "message id", |s| s.parse::<MessageId>().ok())?,
-            recipient_from_row(r, 1)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, rcpt) = row?;
-        if let Some(m) = messages.get_mut(&id) {
-            m.recipients.push(rcpt);
+/// Every live message (≥1 non-terminal recipient) and all its recipients, in one pass: a
+/// join per live status, each in message id order (the `messages_status` index), so the
+/// three runs concatenated sort in linear time. Only what the engine keeps is read, as
+/// the engine keeps it: one allocation per recipient address and per Message-ID, senders
+/// and domains shared.
+fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT m.id, m.tenant_id, m.message_id_header, m.mail_from, m.size, m.smtputf8,
+                m.eight_bit, m.created_at, m.expires_at,
+                r.idx, r.address, r.domain, r.status, r.attempts, r.next_attempt_at
+         FROM messages m JOIN recipients r ON r.message_id = m.id
+         WHERE m.status = ?1 ORDER BY m.id",
+    )?;
+    let mut shared: HashSet<Arc<str>> = HashSet::new();
+    let mut share = |s: &str| -> Arc<str> {
+        if let Some(a) = shared.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        shared.insert(a.clone());
+        a
+    };
+    for status in LIVE_MESSAGE_STATUS_LIST {
+        let mut rows = stmt.query([status])?;
+        while let Some(r) = rows.next()? {
+            let id = parse_str(r, 0, "message id", |s| s.parse::<MessageId>().ok())?;
+            if snap.messages.last().is_none_or(|m| m.id != id) {
+                snap.messages.push(PendingMessage {
+                    id,
+                    tenant: TenantId(u64_from_sql(r.get(1)?)),
+                    message_id_header: get_str(r, 2)?.into(),
+                    mail_from: share(get_str(r, 3)?),
+                    size: u64_from_sql(r.get(4)?),
+                    smtputf8: r.get(5)?,
+                    eight_bit: r.get(6)?,
+                    created_at: time_from_sql(r.get(7)?),
+                    expires_at: time_from_sql(r.get(8)?),
+                });
+            }
+            snap.recipients.push(PendingRecipient {
+                message: id,
+                idx: r.get(9)?,
+                address: get_str(r, 10)?.into(),
+                domain: share(get_str(r, 11)?),
+                status: parse_str(r, 12, "recipient status", RecipientStatus::parse)?,
+                attempts: r.get(13)?,
+                next_attempt_at: r.get::<_, Option<i64>>(14)?.map(time_from_sql),
+            });
         }
     }
-    Ok(messages.into_values().collect())
-}
-
-fn message_from_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
-    let idem_key: Option<String> = r.get(12)?;
-    let idem_hash: Option<String> = r.get(13)?;
-    Ok(MessageRecord {
-        id: get_parsed(r, 0, "message id", |s| s.parse().ok())?,
-        tenant: TenantId(u64_from_sql(r.get(1)?)),
-        source: get_parsed(r, 2, "source", source_parse)?,
-        message_id_header: r.get(3)?,
-        mail_from: r.get(4)?,
-        subject: r.get(5)?,
-        tags: get_json(r, 6)?,
-        size: u64_from_sql(r.get(7)?),
-        smtputf8: r.get(8)?,
-        eight_bit: r.get(9)?,
-        created_at: time_from_sql(r.get(10)?),
-        expires_at: time_from_sql(r.get(11)?),
-        idempotency: idem_key.map(|key| Idempotency {
-            key,
-            request_hash: idem_hash.unwrap_or_default(),
-        }),
-        recipients: Vec::new(),
-    })
+    snap.messages.sort_by_key(|m| m.id);
+    snap.recipients.sort_by_key(|r| (r.message, r.idx));
+    Ok(())
 }
 
 /// Recipient columns from `at` on (idx, address, domain, kind, status, attempts,
