@@ -106,13 +106,23 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
          FROM messages m JOIN recipients r ON r.message_id = m.id
          WHERE m.status = ?1 ORDER BY m.id",
     )?;
+    // Senders and domains repeat: one allocation each. Consecutive rows often repeat the
+    // same one (a bulk send), so the last is checked before hashing.
     let mut shared: HashSet<Arc<str>> = HashSet::new();
-    let mut share = |s: &str| -> Arc<str> {
-        if let Some(a) = shared.get(s) {
+    let (mut last_from, mut last_domain): (Option<Arc<str>>, Option<Arc<str>>) = (None, None);
+    let mut share = |last: &mut Option<Arc<str>>, s: &str| -> Arc<str> {
+        if let Some(a) = last.as_ref().filter(|a| ***a == *s) {
             return a.clone();
         }
-        let a: Arc<str> = Arc::from(s);
-        shared.insert(a.clone());
+        let a = match shared.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                shared.insert(a.clone());
+                a
+            }
+        };
+        *last = Some(a.clone());
         a
     };
     for status in LIVE_MESSAGE_STATUS_LIST {
@@ -124,7 +134,7 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
                     id,
                     tenant: TenantId(u64_from_sql(r.get(1)?)),
                     message_id_header: get_str(r, 2)?.into(),
-                    mail_from: share(get_str(r, 3)?),
+                    mail_from: share(&mut last_from, get_str(r, 3)?),
                     size: u64_from_sql(r.get(4)?),
                     smtputf8: r.get(5)?,
                     eight_bit: r.get(6)?,
@@ -136,7 +146,7 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
                 message: id,
                 idx: r.get(9)?,
                 address: get_str(r, 10)?.into(),
-                domain: share(get_str(r, 11)?),
+                domain: share(&mut last_domain, get_str(r, 11)?),
                 status: parse_str(r, 12, "recipient status", RecipientStatus::parse)?,
                 attempts: r.get(13)?,
                 next_attempt_at: r.get::<_, Option<i64>>(14)?.map(time_from_sql),
