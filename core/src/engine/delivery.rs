@@ -28,8 +28,10 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Dest {
-    /// Recipients due now, per message (oldest message first: ids sort by time).
-    pub ready: BTreeMap<MessageId, BTreeSet<u32>>,
+    /// Recipients due now as (message, idx), oldest message first (ids sort by time).
+    /// One flat set, not a set per message: a backlog that comes due at once can be
+    /// hundreds of thousands of messages.
+    pub ready: BTreeSet<(MessageId, u32)>,
     pub conns: BTreeSet<ConnId>,
     pub route: Route,
     pub breaker: Breaker,
@@ -289,14 +291,16 @@ impl Engine {
         let max = self.cfg.destination.max_recipients_per_transaction;
         loop {
             let dest = self.dests.get_mut(domain)?;
-            let (&message, set) = dest.ready.iter_mut().next()?;
+            let &(message, _) = dest.ready.first()?;
             let mut idxs = Vec::new();
             while idxs.len() < max {
-                let Some(idx) = set.pop_first() else { break };
-                idxs.push(idx);
-            }
-            if set.is_empty() {
-                dest.ready.remove(&message);
+                match dest.ready.first() {
+                    Some(&(m, idx)) if m == message => {
+                        dest.ready.pop_first();
+                        idxs.push(idx);
+                    }
+                    _ => break,
+                }
             }
             let Some(m) = self.messages.get_mut(&message) else {
                 continue;
@@ -777,9 +781,7 @@ impl Engine {
             }
             self.dest_mut(&c.domain)
                 .ready
-                .entry(txn.message)
-                .or_default()
-                .extend(txn.idxs.iter().copied());
+                .extend(txn.idxs.iter().map(|&i| (txn.message, i)));
         }
         self.dirty.insert(c.domain);
     }

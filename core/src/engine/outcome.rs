@@ -186,11 +186,7 @@ impl Engine {
             self.commit_changes(now, id, ops, events);
             return;
         }
-        self.dest_mut(&domain)
-            .ready
-            .entry(id)
-            .or_default()
-            .insert(idx);
+        self.dest_mut(&domain).ready.insert((id, idx));
         self.dirty.insert(domain);
     }
 
@@ -244,13 +240,8 @@ impl Engine {
                 continue;
             };
             let (domain, attempts) = (r.domain.clone(), r.attempts);
-            if let Some(d) = self.dests.get_mut(&*domain)
-                && let Some(set) = d.ready.get_mut(&id)
-            {
-                set.remove(&idx);
-                if set.is_empty() {
-                    d.ready.remove(&id);
-                }
+            if let Some(d) = self.dests.get_mut(&*domain) {
+                d.ready.remove(&(id, idx));
             }
             let info = EventInfo {
                 category: Some(category),

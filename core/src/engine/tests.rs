@@ -1504,7 +1504,8 @@ fn messages_per_minute_shapes_a_destination() {
 
 /// What a waiting message costs: a queue of deferred mail holds one `Msg` per message (in
 /// the `messages` B-tree, beside its 16-byte id), one `msg_timers` entry, and the heap
-/// strings of its Message-ID and recipient addresses. Guards the compact layout.
+/// strings of its Message-ID and recipient addresses; a due recipient one entry in its
+/// destination's ready set. Guards the compact layout.
 #[test]
 fn per_message_memory_stays_compact() {
     use core::mem::size_of;
@@ -1520,4 +1521,6 @@ fn per_message_memory_stays_compact() {
         size_of::<super::Msg>()
     );
     assert_eq!(size_of::<(Time, MessageId)>(), 32);
+    // A ready recipient, in its destination's queue.
+    assert_eq!(size_of::<(MessageId, u32)>(), 32);
 }
