@@ -455,7 +455,8 @@ impl Engine {
         }
     }
 
-    /// A message's timer: its expiry, then its recipients whose next attempt is due.
+    /// A message's timer: its expiry, then its recipients whose next attempt is due (in
+    /// that order, so a recipient at its max age is failed rather than attempted again).
     fn on_msg_timer(&mut self, now: Time, id: MessageId) {
         let Some(m) = self.messages.get_mut(&id) else {
             return;
