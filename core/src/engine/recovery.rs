@@ -113,20 +113,20 @@ impl Engine {
             restored.push((m.id, msg));
         }
         drop(rcpts);
-        let timers: Vec<(Time, MessageId)> = restored
-            .iter()
-            .filter_map(|(id, m)| Some((m.wake?, *id)))
-            .collect();
-        if self.messages.is_empty() {
-            // Sorted and distinct: built in bulk.
+        let timers = |msgs: &BTreeMap<MessageId, Msg>| -> Vec<(Time, MessageId)> {
+            msgs.iter()
+                .filter_map(|(id, m)| Some((m.wake?, *id)))
+                .collect()
+        };
+        if self.messages.is_empty() && self.msg_timers.is_empty() {
+            // Sorted and distinct: built in bulk (the list is freed before the timers are
+            // listed, to keep the peak down).
             self.messages = BTreeMap::from_iter(restored);
+            self.msg_timers = BTreeSet::from_iter(timers(&self.messages));
         } else {
+            let restored = BTreeMap::from_iter(restored);
+            self.msg_timers.extend(timers(&restored));
             self.messages.extend(restored);
-        }
-        if self.msg_timers.is_empty() {
-            self.msg_timers = BTreeSet::from_iter(timers);
-        } else {
-            self.msg_timers.extend(timers);
         }
     }
 }
