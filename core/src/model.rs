@@ -340,11 +340,77 @@ pub struct PendingDelivery {
     pub event: EventRecord,
 }
 
+/// A live message as the engine resumes it at start-up: what delivery needs, not what
+/// only the API shows (subject, tags, reasons). Its recipients are in
+/// `Snapshot::recipients`. Strings are in the form the engine keeps, so that it can take
+/// them over as they are rather than copy them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMessage {
+    pub id: MessageId,
+    pub tenant: TenantId,
+    /// Without angle brackets.
+    pub message_id_header: Box<str>,
+    /// Envelope sender; a store may share one allocation between messages.
+    pub mail_from: Arc<str>,
+    pub size: u64,
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+    pub created_at: Time,
+    pub expires_at: Time,
+}
+
+/// One recipient of a `PendingMessage` (terminal ones too: `idx` is their position).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRecipient {
+    pub message: MessageId,
+    pub idx: u32,
+    pub address: Box<str>,
+    /// Routing domain; a store may share one allocation between recipients.
+    pub domain: Arc<str>,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Time>,
+}
+
+impl PendingMessage {
+    /// The message of a full record.
+    pub fn of(m: &MessageRecord) -> PendingMessage {
+        PendingMessage {
+            id: m.id,
+            tenant: m.tenant,
+            message_id_header: m.message_id_header.as_str().into(),
+            mail_from: m.mail_from.as_str().into(),
+            size: m.size,
+            smtputf8: m.smtputf8,
+            eight_bit: m.eight_bit,
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+        }
+    }
+}
+
+impl PendingRecipient {
+    pub fn of(message: MessageId, r: &RecipientRecord) -> PendingRecipient {
+        PendingRecipient {
+            message,
+            idx: r.idx,
+            address: r.address.as_str().into(),
+            domain: r.domain.as_str().into(),
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at: r.next_attempt_at,
+        }
+    }
+}
+
 /// What the store hands the engine at start-up (`Input::Recovered`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Messages with at least one non-terminal recipient, with all their recipients.
-    pub messages: Vec<MessageRecord>,
+    /// Messages with at least one non-terminal recipient, in id order.
+    pub messages: Vec<PendingMessage>,
+    /// All the recipients of `messages`, in (message, idx) order. Kept apart from their
+    /// messages so that a large queue is read into two allocations, not one per message.
+    pub recipients: Vec<PendingRecipient>,
     /// Every suppressed (tenant, normalized address).
     pub suppressions: Vec<(TenantId, String)>,
     /// Delivery attempts started in the last hour (breaker warm-up).
@@ -356,4 +422,13 @@ pub struct Snapshot {
     pub pending_deliveries: Vec<PendingDelivery>,
     /// Idempotency keys younger than the configured window.
     pub idempotency: Vec<IdempotencyEntry>,
+}
+
+impl Snapshot {
+    /// Adds a live message and its recipients (for stores that keep full records).
+    pub fn push_message(&mut self, m: &MessageRecord) {
+        self.messages.push(PendingMessage::of(m));
+        self.recipients
+            .extend(m.recipients.iter().map(|r| PendingRecipient::of(m.id, r)));
+    }
 }

@@ -273,12 +273,7 @@ impl Store {
     pub fn snapshot(&self, now: Time, cfg: &outpost_core::Config) -> Snapshot {
         let since = now.minus(cfg.breaker.warmup_window);
         let idem_since = now.minus(cfg.idempotency_window);
-        Snapshot {
-            messages: self
-                .live
-                .iter()
-                .filter_map(|id| self.messages.get(id).cloned())
-                .collect(),
+        let mut snapshot = Snapshot {
             suppressions: self.suppressions.keys().cloned().collect(),
             recent_attempts: self
                 .attempts
@@ -306,7 +301,12 @@ impl Store {
                 .filter(|e| e.created_at >= idem_since)
                 .cloned()
                 .collect(),
+            ..Snapshot::default()
+        };
+        for m in self.live.iter().filter_map(|id| self.messages.get(id)) {
+            snapshot.push_message(m);
         }
+        snapshot
     }
 }
 

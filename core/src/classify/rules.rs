@@ -94,7 +94,7 @@ impl fmt::Debug for Classifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Classifier")
             .field("rules", &self.compiled.rules.len())
-            .field("text_patterns", &self.compiled.set.len())
+            .field("text_patterns", &self.compiled.patterns.len())
             .finish()
     }
 }
@@ -243,6 +243,9 @@ enum Origin {
 struct RawRule {
     name: String,
     origin: Origin,
+    /// From the operator's file (a new rule, or one replacing an embedded rule, which
+    /// keeps the embedded `origin`): checked in full at load.
+    custom: bool,
     fields: RuleFields,
 }
 
@@ -269,6 +272,7 @@ fn parse_rules(toml_text: &str, origin: Origin) -> Result<Vec<RawRule>, RuleErro
         out.push(RawRule {
             name,
             origin,
+            custom: origin == Origin::Operator,
             fields,
         });
     }
@@ -469,10 +473,25 @@ impl CompiledRule {
     }
 }
 
+fn compile_set(patterns: &[String]) -> Result<RegexSet, String> {
+    RegexSetBuilder::new(patterns)
+        .case_insensitive(true)
+        .unicode(false)
+        .size_limit(SET_REGEX_SIZE_LIMIT)
+        .dfa_size_limit(SET_DFA_SIZE_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 struct Compiled {
     /// In precedence order.
     rules: Vec<CompiledRule>,
-    set: RegexSet,
+    /// The text patterns (`CompiledRule::text` indexes them), compiled into one set on
+    /// first use: only replies that are not 2xx need it, and compiling it takes ~3 MiB of
+    /// transient heap that the allocator keeps. Operator rules build it at load (their
+    /// errors must show then); the embedded rules are tested to compile.
+    patterns: Vec<String>,
+    set: OnceLock<Option<RegexSet>>,
     /// The source rules in file order, kept so overrides can be merged and recompiled.
     raw: Vec<RawRule>,
 }
@@ -487,9 +506,13 @@ const NOT_RULE_CATEGORIES: [Category; 4] = [
 ];
 
 impl Compiled {
+    /// Checks and orders the rules. The text set is compiled now if any rule is the
+    /// operator's (each operator pattern alone first, so that an error names its rule), on
+    /// first use otherwise.
     fn build(raw: Vec<RawRule>) -> Result<Compiled, RuleError> {
         let mut keyed: Vec<((Group, Origin, usize), CompiledRule)> = Vec::with_capacity(raw.len());
-        let mut patterns: Vec<&str> = Vec::new();
+        let mut patterns: Vec<String> = Vec::new();
+        let eager = raw.iter().any(|r| r.custom);
         for (index, r) in raw.iter().enumerate() {
             let f = &r.fields;
             let name = r.name.as_str();
@@ -557,13 +580,15 @@ impl Compiled {
                 None => None,
                 Some(t) => {
                     // Compiled alone first so a bad pattern is reported under its rule's name.
-                    RegexBuilder::new(t)
-                        .case_insensitive(true)
-                        .unicode(false)
-                        .size_limit(RULE_REGEX_SIZE_LIMIT)
-                        .build()
-                        .map_err(|e| RuleError::new(name, format!("bad text regex: {e}")))?;
-                    patterns.push(t.as_str());
+                    if r.custom {
+                        RegexBuilder::new(t)
+                            .case_insensitive(true)
+                            .unicode(false)
+                            .size_limit(RULE_REGEX_SIZE_LIMIT)
+                            .build()
+                            .map_err(|e| RuleError::new(name, format!("bad text regex: {e}")))?;
+                    }
+                    patterns.push(t.clone());
                     Some(patterns.len() - 1)
                 }
             };
@@ -579,19 +604,27 @@ impl Compiled {
                 },
             ));
         }
-        let set = RegexSetBuilder::new(&patterns)
-            .case_insensitive(true)
-            .unicode(false)
-            .size_limit(SET_REGEX_SIZE_LIMIT)
-            .dfa_size_limit(SET_DFA_SIZE_LIMIT)
-            .build()
-            .map_err(|e| RuleError::new("(set)", e.to_string()))?;
+        let set = OnceLock::new();
+        if eager {
+            let built = compile_set(&patterns).map_err(|e| RuleError::new("(set)", e))?;
+            let _ = set.set(Some(built));
+        }
         keyed.sort_by_key(|(k, _)| *k);
         Ok(Compiled {
             rules: keyed.into_iter().map(|(_, r)| r).collect(),
+            patterns,
             set,
             raw,
         })
+    }
+
+    /// The compiled text set. `None` only if it does not compile, which `build` rules out
+    /// for operator rules and `embedded_rules_compile` for the embedded ones; text rules
+    /// then match nothing rather than panic.
+    fn set(&self) -> Option<&RegexSet> {
+        self.set
+            .get_or_init(|| compile_set(&self.patterns).ok())
+            .as_ref()
     }
 
     fn classify<'s>(
@@ -610,7 +643,10 @@ impl Compiled {
             .enhanced
             .and_then(parse_enhanced)
             .or_else(|| enhanced_in_text(ctx.text));
-        let texts = self.set.matches(ctx.text.as_bytes());
+        let texts = match self.set() {
+            Some(set) => set.matches(ctx.text.as_bytes()),
+            None => RegexSet::empty().matches(b""),
+        };
         let stage = stage_bit(ctx.stage);
         let mut winner: Option<&CompiledRule> = None;
         for rule in &self.rules {
@@ -666,6 +702,10 @@ mod tests {
         assert!(raw.is_ok(), "{raw:?}");
         let built = raw.map(Compiled::build);
         assert!(matches!(built, Ok(Ok(_))), "embedded rules must compile");
+        if let Ok(Ok(c)) = &built {
+            assert!(c.set.get().is_none(), "the set is compiled on first use");
+            assert!(c.set().is_some_and(|s| s.len() == c.patterns.len()));
+        }
         assert!(Classifier::default().rule_names().count() > 50);
     }
 
@@ -905,6 +945,11 @@ mod tests {
         let dup = "[[rule]]\nname = \"d\"\ncategory = \"unknown\"\ngroup = \"block\"\n";
         let err = bad(&format!("{dup}{dup}"));
         assert_eq!(err.map(|e| e.rule), Some("d".to_string()));
+        // A replaced embedded rule is checked like a new one.
+        let err = bad(
+            "[[rule]]\nname = \"mailbox.invalid\"\ncategory = \"unknown\"\ngroup = \"mailbox\"\ntext = '(x'\n",
+        );
+        assert_eq!(err.map(|e| e.rule), Some("mailbox.invalid".to_string()));
         // An empty override file is the embedded set.
         assert!(Classifier::with_overrides("").is_ok());
     }

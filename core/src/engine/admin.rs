@@ -113,9 +113,7 @@ impl Engine {
             },
         ];
         if done {
-            if let Some(m) = self.messages.remove(&message) {
-                self.clear_timer(m.expires_at, &super::Timer::Expire(message));
-            }
+            self.forget_message(message);
             acks.push(AckAction::DeleteSpool(message));
         }
         self.persist(ops, acks);

@@ -28,8 +28,10 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Dest {
-    /// Recipients due now, per message (oldest message first: ids sort by time).
-    pub ready: BTreeMap<MessageId, BTreeSet<u32>>,
+    /// Recipients due now as (message, idx), oldest message first (ids sort by time).
+    /// One flat set, not a set per message: a backlog that comes due at once can be
+    /// hundreds of thousands of messages.
+    pub ready: BTreeSet<(MessageId, u32)>,
     pub conns: BTreeSet<ConnId>,
     pub route: Route,
     pub breaker: Breaker,
@@ -289,26 +291,21 @@ impl Engine {
         let max = self.cfg.destination.max_recipients_per_transaction;
         loop {
             let dest = self.dests.get_mut(domain)?;
-            let (&message, set) = dest.ready.iter_mut().next()?;
+            let &(message, _) = dest.ready.first()?;
             let mut idxs = Vec::new();
             while idxs.len() < max {
-                let Some(idx) = set.pop_first() else { break };
-                idxs.push(idx);
-            }
-            if set.is_empty() {
-                dest.ready.remove(&message);
+                match dest.ready.first() {
+                    Some(&(m, idx)) if m == message => {
+                        dest.ready.pop_first();
+                        idxs.push(idx);
+                    }
+                    _ => break,
+                }
             }
             let Some(m) = self.messages.get_mut(&message) else {
                 continue;
             };
-            idxs.retain(|&i| {
-                m.rcpts.get(i as usize).is_some_and(|r| {
-                    matches!(
-                        r.status,
-                        RecipientStatus::Queued | RecipientStatus::Deferred
-                    )
-                })
-            });
+            idxs.retain(|&i| m.rcpts.get(i as usize).is_some_and(|r| r.is_waiting()));
             if idxs.is_empty() {
                 continue;
             }
@@ -316,9 +313,9 @@ impl Engine {
                 if let Some(r) = m.rcpts.get_mut(i as usize) {
                     r.status = RecipientStatus::Sending;
                     r.attempts += 1;
-                    if let Some(old) = r.next_attempt_at.take() {
-                        self.timers.remove(&(old, Timer::Due(message, i)));
-                    }
+                    // A pending due time is moot now (the message's timer, if it was for
+                    // it, fires early and is recomputed).
+                    r.next_attempt_at = None;
                 }
             }
             let mut txn = Txn {
@@ -396,11 +393,11 @@ impl Engine {
     fn envelope(&self, txn: &Txn) -> Option<Envelope> {
         let m = self.messages.get(&txn.message)?;
         Some(Envelope {
-            mail_from: m.mail_from.clone(),
+            mail_from: m.mail_from.to_string(),
             rcpt_to: txn
                 .idxs
                 .iter()
-                .filter_map(|&i| m.rcpts.get(i as usize).map(|r| r.address.clone()))
+                .filter_map(|&i| m.rcpts.get(i as usize).map(|r| r.address.to_string()))
                 .collect(),
             size: m.size,
             smtputf8: m.smtputf8,
@@ -784,9 +781,7 @@ impl Engine {
             }
             self.dest_mut(&c.domain)
                 .ready
-                .entry(txn.message)
-                .or_default()
-                .extend(txn.idxs.iter().copied());
+                .extend(txn.idxs.iter().map(|&i| (txn.message, i)));
         }
         self.dirty.insert(c.domain);
     }

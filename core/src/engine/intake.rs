@@ -12,7 +12,7 @@ use crate::time::Time;
 
 use super::outcome::EventInfo;
 use super::persist::AckAction;
-use super::{Engine, Msg, Rcpt, Timer};
+use super::{Engine, Msg, Rcpt};
 
 /// An Idempotency-Key seen recently.
 #[derive(Clone, Debug)]
@@ -145,10 +145,10 @@ impl Engine {
                 updated_at: now,
                 reason: suppressed.then(|| "address is on the suppression list".to_string()),
             });
+            let domain = self.intern(&r.address.ascii_domain);
             rcpts.push(Rcpt {
-                address,
-                domain: r.address.ascii_domain.clone(),
-                kind: r.kind,
+                address: address.into_boxed_str(),
+                domain,
                 status,
                 attempts: 0,
                 next_attempt_at: None,
@@ -175,16 +175,17 @@ impl Engine {
         };
         let msg = Msg {
             tenant,
-            source: sub.source,
-            mail_from: prepared.mail_from,
-            message_id_header: prepared.message_id_header,
+            mail_from: self.intern(&prepared.mail_from),
+            message_id_header: prepared.message_id_header.into_boxed_str(),
             created_at: now,
             expires_at,
             size: record.size,
+            wake: None,
             smtputf8: prepared.smtputf8,
             eight_bit: prepared.eight_bit,
-            rcpts,
             committed: false,
+            expired: false,
+            rcpts: rcpts.into(),
         };
         let size = record.size;
         let mut ops = vec![StoreOp::InsertMessage {
@@ -255,7 +256,7 @@ impl Engine {
                 .rcpts
                 .iter()
                 .map(|r| ReceiptRecipient {
-                    address: r.address.clone(),
+                    address: r.address.to_string(),
                     status: r.status,
                 })
                 .collect(),
@@ -277,23 +278,17 @@ impl Engine {
             return;
         };
         m.committed = true;
-        let expires_at = m.expires_at;
-        let due: Vec<u32> = m
-            .rcpts
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| !r.status.is_terminal())
-            .map(|(i, _)| i as u32)
-            .collect();
-        if due.is_empty() {
-            self.messages.remove(&id);
+        let mut due = false;
+        for r in m.rcpts.iter_mut().filter(|r| !r.status.is_terminal()) {
+            r.next_attempt_at = Some(now);
+            due = true;
+        }
+        if !due {
+            self.forget_message(id);
             self.emit(crate::io::Output::DeleteSpool { message: id });
             return;
         }
-        self.set_timer(expires_at, Timer::Expire(id));
-        for idx in due {
-            self.schedule_due(id, idx, now);
-        }
+        self.refresh_wake(id);
     }
 
     fn finish_idempotency(&mut self, id: MessageId, receipt: &Receipt) {

@@ -19,6 +19,7 @@ mod recovery;
 mod webhooks;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,7 +29,6 @@ use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::ids::{BatchId, ConnId, MessageId, QueryId, TenantId};
 use crate::io::{Input, Output};
-use crate::model::{RecipientKind, Source};
 use crate::status::RecipientStatus;
 use crate::time::Time;
 
@@ -37,48 +37,117 @@ use intake::IdempotencyState;
 use persist::PendingBatch;
 
 /// A message the engine still has work for (at least one non-terminal recipient).
+///
+/// Kept compact: a queue of deferred mail holds one of these per message for hours or
+/// days. Strings many messages share (the envelope sender, recipient domains) are
+/// interned (`Engine::intern`); what only the API shows (subject, tags, reasons) is not
+/// held at all. The `size_of` test in `tests.rs` guards the layout.
 #[derive(Clone, Debug)]
 pub(crate) struct Msg {
     pub tenant: TenantId,
-    #[allow(dead_code)]
-    pub source: Source,
-    pub mail_from: String,
+    pub mail_from: Arc<str>,
     /// Without angle brackets.
-    pub message_id_header: String,
+    pub message_id_header: Box<str>,
     pub created_at: Time,
     pub expires_at: Time,
     pub size: u64,
+    /// The key of the message's entry in `Engine::msg_timers`, if it has one: the earliest
+    /// of its expiry (until handled) and its waiting recipients' next attempts. It may be
+    /// earlier than needed (a recipient taken for an attempt since): it then fires and is
+    /// recomputed.
+    pub wake: Option<Time>,
     pub smtputf8: bool,
     pub eight_bit: bool,
-    pub rcpts: Vec<Rcpt>,
     /// The store write of the message committed (it was acknowledged).
     pub committed: bool,
+    /// The expiry was handled (waiting recipients failed); it happens once.
+    pub expired: bool,
+    pub rcpts: Rcpts,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct Rcpt {
-    pub address: String,
-    pub domain: String,
-    #[allow(dead_code)]
-    pub kind: RecipientKind,
-    pub status: RecipientStatus,
-    pub attempts: u32,
-    /// Due time of the next attempt while queued/deferred (its `Timer::Due` key).
+    pub address: Box<str>,
+    /// Routing domain, interned.
+    pub domain: Arc<str>,
+    /// Due time of the next attempt while queued/deferred and not yet in the ready queue.
     pub next_attempt_at: Option<Time>,
+    pub attempts: u32,
+    pub status: RecipientStatus,
+}
+
+impl Rcpt {
+    pub fn is_waiting(&self) -> bool {
+        matches!(
+            self.status,
+            RecipientStatus::Queued | RecipientStatus::Deferred
+        )
+    }
+}
+
+/// A message's recipients, indexed by `idx`: most messages have one, held inline.
+#[derive(Clone, Debug)]
+pub(crate) enum Rcpts {
+    One(Rcpt),
+    Many(Box<[Rcpt]>),
+}
+
+impl From<Vec<Rcpt>> for Rcpts {
+    fn from(mut v: Vec<Rcpt>) -> Rcpts {
+        match v.pop() {
+            Some(r) if v.is_empty() => Rcpts::One(r),
+            Some(r) => {
+                v.push(r);
+                Rcpts::Many(v.into_boxed_slice())
+            }
+            None => Rcpts::Many(Box::default()),
+        }
+    }
+}
+
+impl core::ops::Deref for Rcpts {
+    type Target = [Rcpt];
+    fn deref(&self) -> &[Rcpt] {
+        match self {
+            Rcpts::One(r) => core::slice::from_ref(r),
+            Rcpts::Many(v) => v,
+        }
+    }
+}
+
+impl core::ops::DerefMut for Rcpts {
+    fn deref_mut(&mut self) -> &mut [Rcpt] {
+        match self {
+            Rcpts::One(r) => core::slice::from_mut(r),
+            Rcpts::Many(v) => v,
+        }
+    }
 }
 
 impl Msg {
     pub fn all_terminal(&self) -> bool {
         self.rcpts.iter().all(|r| r.status.is_terminal())
     }
+
+    /// When the message next needs attention (see `wake`); `None` before its store write
+    /// committed.
+    fn next_wake(&self) -> Option<Time> {
+        if !self.committed {
+            return None;
+        }
+        let expiry = (!self.expired).then_some(self.expires_at);
+        self.rcpts
+            .iter()
+            .filter(|r| r.is_waiting())
+            .filter_map(|r| r.next_attempt_at)
+            .chain(expiry)
+            .min()
+    }
 }
 
-/// Timers, ordered by time then kind: at equal times an expiry is handled before a due
-/// attempt, so a recipient at its max age is failed rather than attempted again.
+/// Timers other than the messages' own (`Engine::msg_timers`), ordered by time then kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
-    Expire(MessageId),
-    Due(MessageId, u32),
     Conn(ConnId),
     Dest(String),
     PersistRetry(BatchId),
@@ -90,7 +159,13 @@ pub struct Engine {
     pub(crate) rng: ChaCha8Rng,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) timers: BTreeSet<(Time, Timer)>,
+    /// One entry per message that has a `wake` time (expiry, next attempts). At equal
+    /// times a message's timer runs before the other timers.
+    pub(crate) msg_timers: BTreeSet<(Time, MessageId)>,
     pub(crate) messages: BTreeMap<MessageId, Msg>,
+    /// Shared strings (recipient domains, envelope senders), pruned of unused ones at each
+    /// spool scan.
+    pub(crate) names: BTreeSet<Arc<str>>,
     pub(crate) dests: BTreeMap<String, Dest>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     pub(crate) queries: BTreeMap<QueryId, PendingQuery>,
@@ -164,7 +239,9 @@ impl Engine {
             rng: ChaCha8Rng::seed_from_u64(seed),
             outputs: VecDeque::new(),
             timers: BTreeSet::new(),
+            msg_timers: BTreeSet::new(),
             messages: BTreeMap::new(),
+            names: BTreeSet::new(),
             dests: BTreeMap::new(),
             conns: BTreeMap::new(),
             queries: BTreeMap::new(),
@@ -232,7 +309,10 @@ impl Engine {
 
     /// When the engine next needs `Input::Tick`.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let t = self.timers.first().map(|(t, _)| *t);
+        let t = match (self.timers.first(), self.msg_timers.first()) {
+            (Some((a, _)), Some((b, _))) => Some(*a.min(b)),
+            (a, b) => a.map(|(t, _)| *t).or(b.map(|(t, _)| *t)),
+        };
         match (t, self.webhooks.next_due()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -279,12 +359,12 @@ impl Engine {
     pub fn queue(&self) -> Vec<QueueView> {
         let mut views: BTreeMap<&str, QueueView> = BTreeMap::new();
         for m in self.messages.values().filter(|m| m.committed) {
-            for r in &m.rcpts {
+            for r in m.rcpts.iter() {
                 if r.status.is_terminal() {
                     continue;
                 }
-                let v = views.entry(r.domain.as_str()).or_insert_with(|| QueueView {
-                    domain: r.domain.clone(),
+                let v = views.entry(&r.domain).or_insert_with(|| QueueView {
+                    domain: r.domain.to_string(),
                     ..QueueView::default()
                 });
                 match r.status {
@@ -344,27 +424,106 @@ impl Engine {
     fn run_timers(&mut self, now: Time) {
         // Bounded by the number of timers due; each handler may add timers, but only
         // later ones or ones it has just handled away.
-        while let Some((at, _)) = self.timers.first() {
-            if *at > now {
-                break;
-            }
-            let Some((_, timer)) = self.timers.pop_first() else {
-                break;
-            };
-            match timer {
-                Timer::Expire(id) => self.on_expire(now, id),
-                Timer::Due(id, idx) => self.on_due(now, id, idx),
-                Timer::Conn(conn) => self.on_conn_timer(now, conn),
-                Timer::Dest(domain) => {
-                    if let Some(d) = self.dests.get_mut(&domain) {
-                        d.timer_at = None;
-                    }
-                    self.dirty.insert(domain);
+        loop {
+            let msg_at = self.msg_timers.first().map(|(t, _)| *t);
+            let other_at = self.timers.first().map(|(t, _)| *t);
+            match (msg_at, other_at) {
+                (Some(m), o) if m <= now && o.is_none_or(|o| m <= o) => {
+                    let Some((_, id)) = self.msg_timers.pop_first() else {
+                        break;
+                    };
+                    self.on_msg_timer(now, id);
                 }
-                Timer::PersistRetry(batch) => self.retry_batch(now, batch),
-                Timer::SpoolScan => self.start_spool_scan(now),
+                (_, Some(o)) if o <= now => {
+                    let Some((_, timer)) = self.timers.pop_first() else {
+                        break;
+                    };
+                    match timer {
+                        Timer::Conn(conn) => self.on_conn_timer(now, conn),
+                        Timer::Dest(domain) => {
+                            if let Some(d) = self.dests.get_mut(&domain) {
+                                d.timer_at = None;
+                            }
+                            self.dirty.insert(domain);
+                        }
+                        Timer::PersistRetry(batch) => self.retry_batch(now, batch),
+                        Timer::SpoolScan => self.start_spool_scan(now),
+                    }
+                }
+                _ => break,
             }
         }
+    }
+
+    /// A message's timer: its expiry, then its recipients whose next attempt is due (in
+    /// that order, so a recipient at its max age is failed rather than attempted again).
+    fn on_msg_timer(&mut self, now: Time, id: MessageId) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        m.wake = None;
+        if m.committed && !m.expired && m.expires_at <= now {
+            m.expired = true;
+            self.on_expire(now, id);
+        }
+        let n = self.messages.get(&id).map_or(0, |m| m.rcpts.len());
+        for idx in 0..n {
+            let due = self
+                .messages
+                .get(&id)
+                .and_then(|m| m.rcpts.get(idx))
+                .is_some_and(|r| r.is_waiting() && r.next_attempt_at.is_some_and(|t| t <= now));
+            if due {
+                self.on_due(now, id, idx as u32);
+            }
+        }
+        self.refresh_wake(id);
+    }
+
+    /// Puts the message's timer at its `next_wake` (after its recipients' next attempts or
+    /// its state changed).
+    pub(crate) fn refresh_wake(&mut self, id: MessageId) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        let want = m.next_wake();
+        if m.wake == want {
+            return;
+        }
+        if let Some(old) = core::mem::replace(&mut m.wake, want) {
+            self.msg_timers.remove(&(old, id));
+        }
+        if let Some(at) = want {
+            self.msg_timers.insert((at, id));
+        }
+    }
+
+    /// Drops a message from memory with its timer.
+    pub(crate) fn forget_message(&mut self, id: MessageId) {
+        if let Some(m) = self.messages.remove(&id)
+            && let Some(at) = m.wake
+        {
+            self.msg_timers.remove(&(at, id));
+        }
+    }
+
+    /// The shared copy of a string many messages hold (a domain, a sender).
+    pub(crate) fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.names.insert(a.clone());
+        a
+    }
+
+    /// Like `intern`, keeping `s` itself when the string is new.
+    pub(crate) fn intern_arc(&mut self, s: Arc<str>) -> Arc<str> {
+        if let Some(a) = self.names.get(&*s) {
+            return a.clone();
+        }
+        self.names.insert(s.clone());
+        s
     }
 
     fn drain(&mut self, now: Time) {
@@ -386,6 +545,8 @@ impl Engine {
             self.emit(Output::ScanSpool);
         }
         self.prune_idempotency(now);
+        // Shared strings no message holds any more.
+        self.names.retain(|a| Arc::strong_count(a) > 1);
         let next = now.plus(self.cfg.spool_cleanup_interval);
         self.set_timer(next, Timer::SpoolScan);
     }

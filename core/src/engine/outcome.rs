@@ -17,9 +17,9 @@ use crate::smtp::Stage;
 use crate::status::{RecipientStatus, transition};
 use crate::time::Time;
 
+use super::Engine;
 use super::persist::AckAction;
 use super::webhooks::PersistedEvent;
-use super::{Engine, Timer};
 
 /// What an event says beyond the status.
 #[derive(Clone, Debug, Default)]
@@ -139,11 +139,8 @@ impl Engine {
         else {
             return;
         };
-        let old = r.next_attempt_at.replace(at);
-        if let Some(old) = old {
-            self.clear_timer(old, &Timer::Due(id, idx));
-        }
-        self.set_timer(at, Timer::Due(id, idx));
+        r.next_attempt_at = Some(at);
+        self.refresh_wake(id);
     }
 
     /// A recipient's attempt is due: queue it at its destination, unless it is suppressed.
@@ -160,7 +157,7 @@ impl Engine {
         }
         r.next_attempt_at = None;
         let key = (tenant, r.address.to_lowercase());
-        let domain = r.domain.clone();
+        let domain = r.domain.to_string();
         if self.suppressions.contains(&key) {
             let info = EventInfo {
                 category: Some(Category::Suppressed),
@@ -189,11 +186,7 @@ impl Engine {
             self.commit_changes(now, id, ops, events);
             return;
         }
-        self.dest_mut(&domain)
-            .ready
-            .entry(id)
-            .or_default()
-            .insert(idx);
+        self.dest_mut(&domain).ready.insert((id, idx));
         self.dirty.insert(domain);
     }
 
@@ -218,12 +211,7 @@ impl Engine {
             m.rcpts
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| {
-                    matches!(
-                        r.status,
-                        RecipientStatus::Queued | RecipientStatus::Deferred
-                    )
-                })
+                .filter(|(_, r)| r.is_waiting())
                 .map(|(i, _)| i as u32)
                 .collect()
         })
@@ -252,13 +240,8 @@ impl Engine {
                 continue;
             };
             let (domain, attempts) = (r.domain.clone(), r.attempts);
-            if let Some(d) = self.dests.get_mut(&domain)
-                && let Some(set) = d.ready.get_mut(&id)
-            {
-                set.remove(&idx);
-                if set.is_empty() {
-                    d.ready.remove(&id);
-                }
+            if let Some(d) = self.dests.get_mut(&*domain) {
+                d.ready.remove(&(id, idx));
             }
             let info = EventInfo {
                 category: Some(category),
@@ -300,10 +283,10 @@ impl Engine {
         let to = transition(r.status, to).ok()?;
         r.status = to;
         let attempts = r.attempts;
-        if to.is_terminal()
-            && let Some(old) = r.next_attempt_at.take()
-        {
-            self.clear_timer(old, &super::Timer::Due(id, idx));
+        if to.is_terminal() {
+            // The message's timer, if it was for this recipient, fires early and is
+            // recomputed; a finished message leaves with its timer.
+            r.next_attempt_at = None;
         }
         ops.push(StoreOp::UpdateRecipient {
             message: id,
@@ -335,9 +318,7 @@ impl Engine {
             .get(&id)
             .is_some_and(|m| m.committed && m.all_terminal());
         if done {
-            if let Some(m) = self.messages.remove(&id) {
-                self.clear_timer(m.expires_at, &Timer::Expire(id));
-            }
+            self.forget_message(id);
             acks.push(AckAction::DeleteSpool(id));
         }
         self.persist(ops, acks);
@@ -379,7 +360,8 @@ impl Engine {
         if r.status != RecipientStatus::Sending {
             return; // a late outcome: terminal statuses are never overwritten
         }
-        let (attempts, domain, address) = (r.attempts, r.domain.clone(), r.address.clone());
+        let (attempts, domain) = (r.attempts, r.domain.to_string());
+        let key = (tenant, r.address.to_lowercase());
         self.stats.attempts += 1;
         let decision = self.cfg.category_policy.decide(o.category, o.code);
         let display = o.display();
@@ -447,7 +429,6 @@ impl Engine {
         if let Some(at) = next {
             self.schedule_due(id, idx, at);
         }
-        let key = (tenant, address.to_lowercase());
         if decision.suppress
             && o.about_recipient
             && status == RecipientStatus::Bounced

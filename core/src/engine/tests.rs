@@ -837,7 +837,9 @@ fn recovery_resumes_pending_and_warms_up_breakers() {
             _ => {}
         }
     }
-    snap.messages = messages.into_values().collect();
+    for m in messages.values() {
+        snap.push_message(m);
+    }
     let mut e2 = Engine::new(Config::default(), 7);
     e2.handle(w.now, Input::Recovered(Box::new(snap.clone())));
     assert_eq!(e2.pending_recipients(), 6);
@@ -972,9 +974,10 @@ fn unwritable_recovered_envelope_is_settled() {
     fresh.engine = Engine::new(Config::default(), 9);
     fresh.engine.handle(
         fresh.now,
-        Input::Recovered(Box::new(Snapshot {
-            messages: vec![record.clone()],
-            ..Snapshot::default()
+        Input::Recovered(Box::new({
+            let mut s = Snapshot::default();
+            s.push_message(&record);
+            s
         })),
     );
     fresh.run_for(MIN);
@@ -1433,4 +1436,122 @@ fn messages_per_minute_shapes_a_destination() {
     }
     // Every recipient was delivered on its first attempt: shaping is not a failure.
     assert!(w.attempts().iter().all(|a| a.attempt == 1));
+}
+
+/// What a waiting message costs: a queue of deferred mail holds one `Msg` per message (in
+/// the `messages` B-tree, beside its 16-byte id), one `msg_timers` entry, and the heap
+/// strings of its Message-ID and recipient addresses; a due recipient one entry in its
+/// destination's ready set. Guards the compact layout.
+#[test]
+fn per_message_memory_stays_compact() {
+    use core::mem::size_of;
+    assert!(
+        size_of::<super::Rcpt>() <= 56,
+        "Rcpt {}",
+        size_of::<super::Rcpt>()
+    );
+    assert_eq!(size_of::<super::Rcpts>(), size_of::<super::Rcpt>());
+    assert!(
+        size_of::<super::Msg>() <= 144,
+        "Msg {}",
+        size_of::<super::Msg>()
+    );
+    assert_eq!(size_of::<(Time, MessageId)>(), 32);
+    // A ready recipient, in its destination's queue.
+    assert_eq!(size_of::<(MessageId, u32)>(), 32);
+}
+
+/// Recovery schedules each message once: its expiry (handled before an attempt due at the
+/// same time) and its recipients' own next attempts, each at its time.
+#[test]
+fn recovered_messages_wake_for_expiry_and_each_recipients_attempt() {
+    use crate::model::{PendingMessage, PendingRecipient};
+    let msg = |n: u128, expires_at: Time| PendingMessage {
+        id: MessageId(n),
+        tenant: TenantId(1),
+        message_id_header: format!("m{n}@example.com").into(),
+        mail_from: "s@example.com".into(),
+        size: 100,
+        smtputf8: false,
+        eight_bit: false,
+        created_at: T0.minus(MIN),
+        expires_at,
+    };
+    let rcpt = |n: u128, idx: u32, domain: &str, status, next: Option<Time>| PendingRecipient {
+        message: MessageId(n),
+        idx,
+        address: format!("r{idx}@{domain}").into(),
+        domain: domain.into(),
+        status,
+        attempts: 1,
+        next_attempt_at: next,
+    };
+    use RecipientStatus::{Deferred, Delivered, Queued};
+    let snapshot = Snapshot {
+        messages: vec![
+            msg(1, T0.plus(60 * MIN)),
+            msg(2, T0.minus(MIN)),
+            msg(3, T0.plus(30 * MIN)),
+        ],
+        recipients: vec![
+            rcpt(1, 0, "a.test", Deferred, Some(T0.plus(10 * MIN))),
+            rcpt(1, 1, "b.test", Deferred, Some(T0.plus(7 * MIN))),
+            rcpt(1, 2, "c.test", Delivered, None),
+            rcpt(2, 0, "d.test", Queued, None),
+            // Due after its expiry: expires instead.
+            rcpt(3, 0, "e.test", Deferred, Some(T0.plus(120 * MIN))),
+        ],
+        ..Snapshot::default()
+    };
+    let mut e = Engine::new(Config::default(), 3);
+    let step = |e: &mut Engine, now: Time, input: Input| {
+        e.handle(now, input);
+        let mut resolved = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(out) = e.poll_output() {
+            match out {
+                Output::Resolve { name, .. } => resolved.push(name),
+                Output::Persist { ops, .. } => {
+                    for op in ops {
+                        if let StoreOp::UpdateRecipient {
+                            message,
+                            status: RecipientStatus::Failed,
+                            reason: Some(r),
+                            ..
+                        } = op
+                        {
+                            assert!(r.contains("expired"), "{r}");
+                            failed.push(message.0);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (resolved, failed)
+    };
+    assert_eq!(
+        step(&mut e, T0, Input::Recovered(Box::new(snapshot))),
+        (vec![], vec![2])
+    );
+    assert_eq!(e.pending_recipients(), 3);
+    assert_eq!(e.poll_timeout(), Some(T0.plus(5 * MIN))); // the spool scan
+    step(&mut e, T0.plus(5 * MIN), Input::Tick);
+    assert_eq!(e.poll_timeout(), Some(T0.plus(7 * MIN)));
+    assert_eq!(
+        step(&mut e, T0.plus(7 * MIN), Input::Tick),
+        (vec!["b.test".to_string()], vec![])
+    );
+    assert_eq!(e.poll_timeout(), Some(T0.plus(10 * MIN)));
+    assert_eq!(
+        step(&mut e, T0.plus(10 * MIN), Input::Tick),
+        (vec!["a.test".to_string()], vec![])
+    );
+    assert_eq!(
+        step(&mut e, T0.plus(30 * MIN), Input::Tick),
+        (vec![], vec![3])
+    );
+    // Message 1's recipients are with their destinations now: no timer of its own but
+    // its expiry.
+    assert_eq!(e.msg_timers.len(), 1);
 }

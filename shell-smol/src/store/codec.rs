@@ -44,6 +44,24 @@ pub fn get_parsed<T>(
     parse(&s).ok_or_else(|| bad_column(idx, what, &s))
 }
 
+/// Borrows a text column (no copy).
+pub fn get_str<'r>(row: &'r rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<&'r str> {
+    let v = row.get_ref(idx)?;
+    v.as_str()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, v.data_type(), Box::new(e)))
+}
+
+/// Decodes a text column with `parse`, without copying it first.
+pub fn parse_str<T>(
+    row: &rusqlite::Row<'_>,
+    idx: usize,
+    what: &str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let s = get_str(row, idx)?;
+    parse(s).ok_or_else(|| bad_column(idx, what, s))
+}
+
 /// Reads an optional text column and decodes it with `parse`.
 pub fn get_parsed_opt<T>(
     row: &rusqlite::Row<'_>,

