@@ -224,7 +224,7 @@ fn harness() -> Harness {
     harness_with(ApiSettings {
         allow_private_webhooks: false,
         max_body_bytes: 64 * 1024,
-        workers: 2,
+        max_connections: 8,
         rate_limiter: None,
         metrics: Some(Arc::new(|| "outpost_up 1\n".to_string())),
         ..ApiSettings::default()
