@@ -15,7 +15,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A closing connection reads (and discards) at most this much more before closing...
 const LINGER_BYTES: u64 = 1024 * 1024;
 /// ...for at most this long, so that the client reads our answer rather than a reset.
-const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// A byte stream with read deadlines (a socket; a script in tests).
 pub(super) trait Io: Read + Write {
@@ -353,12 +353,12 @@ fn exchange<S: Io>(conn: &mut Conn<S>, cx: &Cx<'_>, peer: SocketAddr) -> bool {
     let config = cx.config;
     let head = match conn.read_head(Instant::now() + config.header_timeout) {
         Ok(h) => h,
-        Err(e) => return fail(conn, e, config, false),
+        Err(e) => return fail(conn, e, cx, false),
     };
     let head_only = head.method == Method::Head;
     let body = match read_body(conn, &head, config) {
         Ok(b) => b,
-        Err(e) => return fail(conn, e, config, head_only),
+        Err(e) => return fail(conn, e, cx, head_only),
     };
     let keep_alive = parse::wants_keep_alive(&head);
     let version = head.version;
@@ -384,7 +384,7 @@ fn exchange<S: Io>(conn: &mut Conn<S>, cx: &Cx<'_>, peer: SocketAddr) -> bool {
         return false;
     }
     if close {
-        linger(&mut conn.io, LINGER_BYTES, LINGER_TIME);
+        closing(conn, cx, LINGER_BYTES);
     }
     !close
 }
@@ -430,7 +430,8 @@ fn read_body<S: Io>(
 }
 
 /// Answers a request that could not be read (when there is anyone to answer) and closes.
-fn fail<S: Io>(conn: &mut Conn<S>, e: RequestError, config: &Config, head_only: bool) -> bool {
+fn fail<S: Io>(conn: &mut Conn<S>, e: RequestError, cx: &Cx<'_>, head_only: bool) -> bool {
+    let config = cx.config;
     let error = match e {
         RequestError::Lost(e) => {
             tracing::trace!(error = %e, "HTTP connection lost mid-request");
@@ -450,10 +451,18 @@ fn fail<S: Io>(conn: &mut Conn<S>, e: RequestError, config: &Config, head_only: 
     if write_response(&mut conn.io, &error.response(), head_only, true, false) {
         // Read what the client is still sending (a body over the limit, say), up to a
         // bound, so that it reads our answer rather than a reset.
-        let budget = LINGER_BYTES.max(config.max_body as u64);
-        linger(&mut conn.io, budget, LINGER_TIME);
+        closing(conn, cx, LINGER_BYTES.max(config.max_body as u64));
     }
     false
+}
+
+/// Lingers before closing, unless the server is stopping (a lingering connection counts
+/// as idle: `Server::stop` shuts it at once).
+fn closing<S: Io>(conn: &mut Conn<S>, cx: &Cx<'_>, budget: u64) {
+    cx.idle.store(true, Ordering::SeqCst);
+    if !cx.stop.load(Ordering::SeqCst) {
+        linger(&mut conn.io, budget, LINGER_TIME);
+    }
 }
 
 /// Ends our side, then reads and discards what the peer still sends, up to `budget`
