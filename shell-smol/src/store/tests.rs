@@ -561,6 +561,16 @@ fn list_messages_pages_newest_first_with_recipients() {
         page2.iter().map(|m| m.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1], ids[0]]
     );
+    // Three ids fill a four-slot (padded, cached) IN list: each recipient once.
+    assert!(page2.iter().all(|m| m.recipients.len() == 2));
+    // Every page size reuses one of a few statements and sees the same rows.
+    for limit in 1..=6 {
+        let page = store
+            .read(|c| query::list_messages(c, TenantId(1), None, None, limit))
+            .unwrap();
+        assert_eq!(page.len(), limit.min(5));
+        assert!(page.iter().all(|m| m.recipients.len() == 2), "{limit}");
+    }
     // Tenant scoping.
     assert!(
         store
