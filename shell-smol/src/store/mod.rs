@@ -87,6 +87,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: one plan per statement whatever its bound
+    // values. Without it SQLite prepares a cached statement again on every new binding of
+    // a parameter that might sway the plan (the API key lookup, the send log: a full
+    // parse and plan per request), which defeats the statement cache.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Schema(format!(

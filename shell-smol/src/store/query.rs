@@ -66,16 +66,16 @@ pub fn create_key(
     })
 }
 
+pub(super) const TENANT_BY_KEY_HASH_SQL: &str = "SELECT t.id, t.domain FROM api_keys k \
+     JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = ?1 AND k.revoked_at IS NULL";
+
 /// The tenant owning the (unrevoked) key with this SHA-256 hash.
 pub fn tenant_by_key_hash(
     conn: &mut Connection,
     key_hash_hex: &str,
 ) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT t.id, t.domain FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
-        )?
+        .prepare_cached(TENANT_BY_KEY_HASH_SQL)?
         .query_row([key_hash_hex], |r| {
             Ok(Tenant {
                 id: TenantId(u64_from_sql(r.get(0)?)),

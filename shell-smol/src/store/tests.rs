@@ -695,3 +695,44 @@ fn commit_group_isolates_a_constraint_failure_between_good_batches() {
     assert_eq!(snap.last_event_seq, 1);
     assert!(!spool_path(dir.path(), b).exists());
 }
+
+#[test]
+fn cached_statements_are_not_prepared_again_when_their_parameters_change() {
+    // SQLite re-prepares a statement whose plan might depend on a bound value, on every
+    // new binding, unless the query planner stability guarantee is on: the API's key
+    // lookup then cost a full prepare per request (most of the API's CPU in a profile).
+    use rusqlite::StatementStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ids: Vec<MessageId> = (0..3)
+        .map(|i| msg_id(i, T0.plus(Duration::from_secs(i))))
+        .collect();
+    let ops: Vec<StoreOp> = ids
+        .iter()
+        .map(|&id| insert(message(id, 1, &["a@d.example"])))
+        .collect();
+    apply(&store, vec![ops]);
+    store
+        .read(|c| query::create_key(c, "example.com", "abcd", "op_", T0))
+        .unwrap();
+    store
+        .read(|c| {
+            for round in 0..4u64 {
+                query::tenant_by_key_hash(c, &format!("hash{round}"))?;
+                query::list_messages(
+                    c,
+                    TenantId(round % 2 + 1),
+                    None,
+                    ids.get(round as usize).copied(),
+                    2,
+                )?;
+            }
+            for sql in [query::TENANT_BY_KEY_HASH_SQL, query::LIST_MESSAGES_SQL] {
+                let st = c.prepare_cached(sql)?;
+                assert_eq!(st.get_status(StatementStatus::Run), 4, "{sql}");
+                assert_eq!(st.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
