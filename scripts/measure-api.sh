@@ -10,9 +10,9 @@
 #   accepted/s  = 202s / time until the last 202
 #   delivered/s = 202s / time until outpost_delivered_total (persisted) reaches that number
 #   VmRSS idle (after start-up, empty queue), peak VmRSS sampled under load, VmHWM at the end.
-# Known: now and then a few requests are never answered (their bytes stay unread in the
-# daemon's socket buffer; tiny_http 0.12 leaves a late keep-alive connection without a
-# thread); they show as `other` (000).
+# A request not answered within 30 s (curl --max-time) shows as `other` (000). (Until the
+# API had its own server, tiny_http 0.12 now and then left a late keep-alive connection
+# without a thread: a few requests in some runs.)
 # Needs: smtp-sink (scripts/install-test-deps.sh), curl, python3 (JSON), a Linux /proc.
 set -euo pipefail
 

@@ -98,10 +98,10 @@ pub fn run(intake: &Intake, shape: &Shape, sink: &Sink, drain_timeout: Duration)
     let run_tag = std::process::id();
     let base_messages = sink.messages();
     // Warm-up: open the client connections one at a time, each answered before the next
-    // opens, as a long-running client's pool would be. (tiny_http 0.12 hands each new
-    // connection to a thread pool whose "is a thread idle?" check races: connections
-    // opened in a burst can be queued behind keep-alive connections that never end, and
-    // their first request waits until some other connection closes. See README.)
+    // opens, as a long-running client's pool would be. (This also kept the bench clear of
+    // tiny_http 0.12, the API's server until it had its own: connections opened in a
+    // burst could be queued behind keep-alive connections that never ended. See README;
+    // tests/tests/http_burst.rs covers bursts now.)
     let mut clients: Vec<(Option<Http>, Option<Smtp>)> = Vec::new();
     for _ in 0..shape.concurrency.max(1) {
         clients.push(match intake {

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// HTTP API listen address.
     #[arg(long, env = "OUTPOST_HTTP", default_value = "127.0.0.1:8025")]
     pub http: SocketAddr,
+    /// HTTP connections served at once (a thread each); past it a new connection is
+    /// answered 503 and closed.
+    #[arg(long, env = "OUTPOST_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
     /// Smarthost HOST:PORT: all mail goes there instead of the recipients' MX hosts.
     #[arg(long, env = "OUTPOST_RELAY")]
     pub relay: Option<String>,
@@ -145,6 +149,8 @@ pub struct Settings {
     pub engine: Config,
     pub data_dir: PathBuf,
     pub http: SocketAddr,
+    /// HTTP connections served at once (`--http-max-connections`).
+    pub http_max_connections: usize,
     /// `None`: the system's resolver configuration.
     pub dns: Option<SocketAddr>,
     pub allow_private_webhooks: bool,
@@ -219,6 +225,9 @@ impl Settings {
             .validate()
             .map_err(|e| bad(&e.setting, e.reason.clone()))?;
         let dns = args.dns.as_deref().map(parse_dns).transpose()?;
+        if args.http_max_connections == 0 {
+            return Err(bad("http-max-connections", "must be at least 1"));
+        }
         if args.data.as_os_str().is_empty() {
             return Err(bad("data", "must not be empty"));
         }
@@ -277,6 +286,7 @@ impl Settings {
             engine,
             data_dir: args.data.clone(),
             http: args.http,
+            http_max_connections: args.http_max_connections,
             dns,
             allow_private_webhooks: args.allow_private_webhooks,
             tls_ca_file: args.tls_ca_file.clone(),
@@ -657,6 +667,7 @@ mod tests {
         let s = Settings::build(&args(&[]), None).expect("defaults");
         assert_eq!(s.data_dir, PathBuf::from("./outpost-data"));
         assert_eq!(s.http, "127.0.0.1:8025".parse().expect("addr"));
+        assert_eq!(s.http_max_connections, 512);
         assert_eq!(s.engine.mx_port, 25);
         assert!(s.dns.is_none());
         assert_eq!(s.shutdown_deadline, Duration::from_secs(30));
@@ -711,6 +722,11 @@ mod tests {
         assert_eq!(e.setting, "mx_port");
         let e = Settings::build(&args(&[]), Some("short".into())).expect_err("invalid");
         assert_eq!(e.setting, "OUTPOST_ADMIN_KEY");
+        let e =
+            Settings::build(&args(&["--http-max-connections", "0"]), None).expect_err("invalid");
+        assert_eq!(e.setting, "http-max-connections");
+        let s = Settings::build(&args(&["--http-max-connections", "64"]), None).expect("valid");
+        assert_eq!(s.http_max_connections, 64);
         assert!(Cli::try_parse_from(["outpost", "serve", "--shutdown-deadline", "soon"]).is_err());
     }
 

@@ -126,7 +126,7 @@ fn demo(args: &DemoArgs) -> Result<bool, String> {
         Some(api::hash_key(&admin_key)),
         api::ApiSettings {
             allow_private_webhooks: true,
-            workers: 2,
+            max_connections: 16,
             ..Default::default()
         },
     )

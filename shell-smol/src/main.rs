@@ -213,6 +213,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let api_settings = api::ApiSettings {
         rate_limiter: Some(std::sync::Arc::new(move |t, d| api_limiter.check(t, d))),
         allow_private_webhooks: settings.allow_private_webhooks,
+        max_connections: settings.http_max_connections,
         metrics: Some(std::sync::Arc::new(move || {
             metrics_gw
                 .metrics()

@@ -5,9 +5,9 @@
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
-use tiny_http::Request;
 
-use super::http::{ApiError, Query, deny_unknown, opt_field, parse_object, read_body};
+use super::http::{ApiError, Query, deny_unknown, opt_field, parse_object};
+use super::server::Request;
 use super::{Caller, Ctx, Reply, authenticate, validate};
 use crate::dkim::Domains;
 use crate::dkim::keys::{Alg, KeyError};
@@ -72,22 +72,21 @@ fn writable(ctx: &Ctx) -> Result<(), ApiError> {
     }
 }
 
-pub(crate) fn get(ctx: &Ctx, req: &mut Request, q: Query, domain: &str) -> Res {
+pub(crate) fn get(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
     q.finish()?;
     Ok(Reply::json(200, domains.report(&domain)))
 }
 
 /// `{"selector"?, "algorithms"?}` generates keys; `{"selector"?, "private_key": PEM}` imports.
-pub(crate) fn create_dkim(ctx: &Ctx, req: &mut Request, q: Query, domain: &str) -> Res {
+pub(crate) fn create_dkim(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
     writable(ctx)?;
     q.finish()?;
-    let body = read_body(req, ctx.settings.max_body_bytes)?;
-    let mut map = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut map = if req.body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
-        parse_object(&body)?
+        parse_object(&req.body)?
     };
     deny_unknown(&map, &["selector", "algorithms", "private_key"])?;
     let selector: Option<String> = opt_field(&mut map, "selector")?;
@@ -149,13 +148,7 @@ pub(crate) fn create_dkim(ctx: &Ctx, req: &mut Request, q: Query, domain: &str) 
     ))
 }
 
-pub(crate) fn retire_dkim(
-    ctx: &Ctx,
-    req: &mut Request,
-    q: Query,
-    domain: &str,
-    selector: &str,
-) -> Res {
+pub(crate) fn retire_dkim(ctx: &Ctx, req: &Request, q: Query, domain: &str, selector: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
     writable(ctx)?;
     q.finish()?;

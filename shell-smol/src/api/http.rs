@@ -1,7 +1,6 @@
 //! HTTP plumbing: errors, bodies, JSON fields, query strings, path segments.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -65,41 +64,6 @@ impl From<StoreError> for ApiError {
         tracing::error!(error = %e, "store read failed");
         ApiError::unavailable("storage unavailable")
     }
-}
-
-/// Reads the body, refusing more than `max` bytes (by Content-Length first, then by
-/// capping the read). A modest overage (up to `max` more bytes) is read and discarded so
-/// that the client, still writing, gets a clean 413 rather than a reset; beyond that the
-/// connection is closed on it.
-pub fn read_body(req: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            413,
-            "payload_too_large",
-            format!("request body over {max} bytes"),
-        )
-    };
-    let drain = |req: &mut tiny_http::Request| {
-        let _ = std::io::copy(&mut req.as_reader().take(max as u64), &mut std::io::sink());
-    };
-    if let Some(n) = req.body_length()
-        && n > max
-    {
-        if n <= max.saturating_mul(2) {
-            drain(req);
-        }
-        return Err(too_large());
-    }
-    let mut buf = Vec::new();
-    req.as_reader()
-        .take(max as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|_| ApiError::bad_request("bad_request", "could not read the request body"))?;
-    if buf.len() > max {
-        drain(req);
-        return Err(too_large());
-    }
-    Ok(buf)
 }
 
 /// Parses a JSON object body.
@@ -245,12 +209,4 @@ impl Query {
             )),
         }
     }
-}
-
-/// A header's value (first occurrence), by case-insensitive name.
-pub fn header<'a>(req: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
 }

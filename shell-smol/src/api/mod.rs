@@ -1,4 +1,5 @@
-//! The HTTP API (DESIGN.md "HTTP API"): tiny_http with a pool of worker threads.
+//! The HTTP API (DESIGN.md "HTTP API") over our own small HTTP/1.1 server ([`server`]:
+//! a thread per connection, blocking I/O, a cap on connections).
 //!
 //! Writes that change engine state go through [`EngineGateway`]; reads come straight from
 //! SQLite through the [`Store`]'s read pool. Every tenant request is scoped to the caller's
@@ -10,13 +11,12 @@ pub mod gateway;
 mod http;
 mod ops_routes;
 mod routes;
+pub mod server;
 mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use outpost_core::TenantId;
 use sha2::{Digest, Sha256};
@@ -26,6 +26,7 @@ pub use gateway::EngineGateway;
 use crate::store::Store;
 use crate::store::query::Tenant;
 use http::ApiError;
+use server::Request;
 
 /// Takes one message from the tenant's (id, domain) allowance: `Err(seconds)` when over
 /// the limit (HTTP 429 with `Retry-After: seconds`).
@@ -41,9 +42,11 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Accept loopback/private webhook URLs (tests).
     pub allow_private_webhooks: bool,
-    /// HTTP worker threads. Default 32: a submission holds its worker until the store
-    /// has committed it, so this bounds how many submissions share one group commit.
-    pub workers: usize,
+    /// HTTP connections served at once (each on its own thread); past it a new
+    /// connection is answered 503 and closed. Default 512. A submission holds its
+    /// connection's thread until the store has committed it, so this also bounds how many
+    /// submissions can share one group commit.
+    pub max_connections: usize,
     /// Rate limiting hook (none by default).
     pub rate_limiter: Option<RateLimiter>,
     /// `GET /metrics` (unauthenticated, like /healthz); 404 when `None`.
@@ -57,7 +60,7 @@ impl Default for ApiSettings {
         ApiSettings {
             max_body_bytes: 10 * 1024 * 1024,
             allow_private_webhooks: false,
-            workers: 32,
+            max_connections: 512,
             rate_limiter: None,
             metrics: None,
             domains: None,
@@ -70,7 +73,7 @@ impl std::fmt::Debug for ApiSettings {
         f.debug_struct("ApiSettings")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allow_private_webhooks", &self.allow_private_webhooks)
-            .field("workers", &self.workers)
+            .field("max_connections", &self.max_connections)
             .field("rate_limiter", &self.rate_limiter.is_some())
             .field("metrics", &self.metrics.is_some())
             .field("domains", &self.domains.is_some())
@@ -80,10 +83,8 @@ impl std::fmt::Debug for ApiSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiServeError {
-    #[error("cannot listen on {addr}: {error}")]
-    Listen { addr: String, error: String },
-    #[error("cannot start HTTP workers: {0}")]
-    Spawn(std::io::Error),
+    #[error(transparent)]
+    Start(#[from] server::StartError),
 }
 
 /// SHA-256 of a key, as the store keeps it (and as `serve` takes the admin key).
@@ -93,15 +94,13 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 
 /// A running API server.
 pub struct ApiHandle {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    workers: Vec<thread::JoinHandle<()>>,
+    server: server::Server,
 }
 
 impl std::fmt::Debug for ApiHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiHandle")
-            .field("addr", &self.addr)
+            .field("addr", &self.server.local_addr())
             .finish_non_exhaustive()
     }
 }
@@ -109,15 +108,13 @@ impl std::fmt::Debug for ApiHandle {
 impl ApiHandle {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
-    /// Stops accepting, lets in-flight requests finish, joins the workers.
+    /// Stops accepting, closes idle keep-alive connections, lets in-flight requests
+    /// finish (up to the server's drain timeout).
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for w in self.workers {
-            let _ = w.join();
-        }
+        self.server.stop();
     }
 }
 
@@ -143,53 +140,21 @@ pub fn serve(
     admin_key_hash: Option<[u8; 32]>,
     settings: ApiSettings,
 ) -> Result<ApiHandle, ApiServeError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| ApiServeError::Listen {
-        addr: addr.to_string(),
-        error: e.to_string(),
-    })?;
-    let local = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| ApiServeError::Listen {
-            addr: addr.to_string(),
-            error: "not an IP listener".to_string(),
-        })?;
-    let server = Arc::new(server);
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers_n = settings.workers.max(1);
+    let config = server::Config {
+        max_connections: settings.max_connections.max(1),
+        max_body: settings.max_body_bytes,
+        ..server::Config::default()
+    };
     let ctx = Arc::new(Ctx {
         store,
         gateway,
         admin_key_hash,
         settings,
     });
-    let mut workers = Vec::with_capacity(workers_n);
-    for i in 0..workers_n {
-        let server = Arc::clone(&server);
-        let stop = Arc::clone(&stop);
-        let ctx = Arc::clone(&ctx);
-        let w = thread::Builder::new()
-            .name(format!("outpost-http-{i}"))
-            .spawn(move || worker(&server, &stop, &ctx))
-            .map_err(ApiServeError::Spawn)?;
-        workers.push(w);
-    }
-    tracing::info!(addr = %local, "HTTP API listening");
-    Ok(ApiHandle {
-        addr: local,
-        stop,
-        workers,
-    })
-}
-
-fn worker(server: &tiny_http::Server, stop: &AtomicBool, ctx: &Ctx) {
-    while !stop.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(200)) {
-            Ok(Some(req)) => handle(ctx, req),
-            Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "HTTP accept error"),
-        }
-    }
+    let handler: server::Handler = Arc::new(move |req: &Request| handle(&ctx, req));
+    let server = server::Server::start(addr, config, handler)?;
+    tracing::info!(addr = %server.local_addr(), "HTTP API listening");
+    Ok(ApiHandle { server })
 }
 
 pub(crate) enum Body {
@@ -220,35 +185,25 @@ impl Reply {
     }
 }
 
-fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
+fn handle(ctx: &Ctx, req: &Request) -> server::Response {
     let started = Instant::now();
-    let (route, result) = routes::dispatch(ctx, &mut req);
+    let (route, result) = routes::dispatch(ctx, req);
     let (status, body, retry_after) = match result {
         Ok(r) => (r.status, r.body, None),
         Err(e) => (e.status, Body::Json(e.body()), e.retry_after),
     };
-    let (bytes, content_type): (Vec<u8>, &[u8]) = match body {
+    let (bytes, content_type) = match body {
         Body::Json(b) => {
             let mut bytes = serde_json::to_vec(&b).unwrap_or_default();
             bytes.push(b'\n');
-            (bytes, b"application/json")
+            (bytes, "application/json")
         }
-        Body::Text(t) => (t.into_bytes(), b"text/plain; version=0.0.4; charset=utf-8"),
-        Body::None => (Vec::new(), b"application/json"),
+        Body::Text(t) => (t.into_bytes(), "text/plain; version=0.0.4; charset=utf-8"),
+        Body::None => (Vec::new(), "application/json"),
     };
-    let mut response = tiny_http::Response::from_data(bytes).with_status_code(status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type) {
-        response.add_header(h);
-    }
-    if let Some(secs) = retry_after
-        && let Ok(h) = tiny_http::Header::from_bytes(&b"Retry-After"[..], secs.to_string())
-    {
-        response.add_header(h);
-    }
-    if status == 413
-        && let Ok(h) = tiny_http::Header::from_bytes(&b"Connection"[..], &b"close"[..])
-    {
-        response.add_header(h);
+    let mut response = server::Response::new(status, content_type, bytes);
+    if let Some(secs) = retry_after {
+        response = response.header("Retry-After", secs.to_string());
     }
     tracing::debug!(
         route,
@@ -256,14 +211,13 @@ fn handle(ctx: &Ctx, mut req: tiny_http::Request) {
         ms = started.elapsed().as_millis() as u64,
         "HTTP request"
     );
-    if let Err(e) = req.respond(response) {
-        tracing::debug!(route, error = %e, "HTTP response not sent");
-    }
+    response
 }
 
 /// Authenticates the `Authorization: Bearer` key.
-pub(crate) fn authenticate(ctx: &Ctx, req: &tiny_http::Request) -> Result<Caller, ApiError> {
-    let value = http::header(req, "Authorization")
+pub(crate) fn authenticate(ctx: &Ctx, req: &Request) -> Result<Caller, ApiError> {
+    let value = req
+        .header("Authorization")
         .ok_or_else(|| ApiError::unauthorized("missing API key (Authorization: Bearer)"))?;
     let key = value
         .split_once(' ')

@@ -5,12 +5,12 @@
 use outpost_core::MessageId;
 use outpost_core::io::{AdminCommand, AdminReply};
 use serde_json::json;
-use tiny_http::Request;
 
 use super::http::{ApiError, Query};
 use super::routes::{
     accepting, admin, admin_error, message_detail, suppress, suppressions_page, unsuppress,
 };
+use super::server::Request;
 use super::{Ctx, Reply, validate};
 use crate::store::query::{self, Tenant};
 
@@ -31,7 +31,7 @@ fn message_id(id: &str) -> Result<MessageId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found())
 }
 
-pub(super) fn get_message(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+pub(super) fn get_message(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     admin(ctx, req)?;
     q.finish()?;
     let id = message_id(id)?;
@@ -47,7 +47,7 @@ pub(super) fn get_message(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> R
 /// Runs a per-message admin command across tenants; answers how many recipients changed.
 fn message_command(
     ctx: &Ctx,
-    req: &mut Request,
+    req: &Request,
     q: Query,
     id: &str,
     make: fn(MessageId) -> AdminCommand,
@@ -67,14 +67,14 @@ fn message_command(
     ))
 }
 
-pub(super) fn retry(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+pub(super) fn retry(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     message_command(ctx, req, q, id, |message| AdminCommand::RetryNow {
         tenant: None,
         message,
     })
 }
 
-pub(super) fn cancel(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+pub(super) fn cancel(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     message_command(ctx, req, q, id, |message| AdminCommand::Cancel {
         tenant: None,
         message,
@@ -93,13 +93,13 @@ fn tenant_param(ctx: &Ctx, q: &mut Query) -> Result<Tenant, ApiError> {
         .ok_or_else(ApiError::not_found)
 }
 
-pub(super) fn list_suppressions(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
+pub(super) fn list_suppressions(ctx: &Ctx, req: &Request, mut q: Query) -> Res {
     admin(ctx, req)?;
     let t = tenant_param(ctx, &mut q)?;
     suppressions_page(ctx, &t, q)
 }
 
-pub(super) fn add_suppression(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
+pub(super) fn add_suppression(ctx: &Ctx, req: &Request, mut q: Query) -> Res {
     admin(ctx, req)?;
     accepting(ctx)?;
     let t = tenant_param(ctx, &mut q)?;
@@ -107,7 +107,7 @@ pub(super) fn add_suppression(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res
     suppress(ctx, req, &t)
 }
 
-pub(super) fn remove_suppression(ctx: &Ctx, req: &mut Request, mut q: Query, a: &str) -> Res {
+pub(super) fn remove_suppression(ctx: &Ctx, req: &Request, mut q: Query, a: &str) -> Res {
     admin(ctx, req)?;
     accepting(ctx)?;
     let t = tenant_param(ctx, &mut q)?;

@@ -13,11 +13,9 @@ use outpost_core::model::{EndpointRecord, EventKind, MessageRecord, Source};
 use outpost_core::status::MessageStatus;
 use outpost_core::{EndpointId, EventId, MessageId, RequestId, Time};
 use serde_json::{Value, json};
-use tiny_http::{Method, Request};
 
-use super::http::{
-    ApiError, Query, deny_unknown, header, opt_field, parse_object, read_body, req_field, split_url,
-};
+use super::http::{ApiError, Query, deny_unknown, opt_field, parse_object, req_field, split_url};
+use super::server::{Method, Request};
 use super::{Body, Caller, Ctx, Reply, authenticate, hash_key, hex, ops_routes, validate};
 use crate::store::query::{self, Tenant};
 
@@ -30,14 +28,18 @@ const RAW_FIELDS: &[&str] = &["from", "to", "raw"];
 
 /// Routes the request; returns a route name for logs (never the raw path: it can hold an
 /// address) and the answer.
-pub(crate) fn dispatch(ctx: &Ctx, req: &mut Request) -> (&'static str, Res) {
-    let (segs, params) = match split_url(req.url()) {
+pub(crate) fn dispatch(ctx: &Ctx, req: &Request) -> (&'static str, Res) {
+    let (segs, params) = match split_url(&req.target) {
         Ok(x) => x,
         Err(e) => return ("invalid", Err(e)),
     };
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let q = Query(params);
-    let method = req.method().clone();
+    // HEAD is GET without the body (the server leaves the body out).
+    let method = match req.method {
+        Method::Head => Method::Get,
+        m => m,
+    };
     use Method::{Delete, Get, Post};
     match (&method, s.as_slice()) {
         (Get, ["healthz"]) => ("healthz", Ok(Reply::json(200, json!({"status": "ok"})))),
@@ -213,12 +215,9 @@ pub(super) fn admin_error(e: AdminError) -> ApiError {
     }
 }
 
-pub(super) fn json_body(
-    ctx: &Ctx,
-    req: &mut Request,
-) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let body = read_body(req, ctx.settings.max_body_bytes)?;
-    parse_object(&body)
+/// The body as a JSON object (the server has already read it, within the size limit).
+pub(super) fn json_body(req: &Request) -> Result<serde_json::Map<String, Value>, ApiError> {
+    parse_object(&req.body)
 }
 
 pub(super) fn opt_time(t: Option<Time>) -> Value {
@@ -245,10 +244,10 @@ fn metrics(ctx: &Ctx) -> Res {
 
 // ---- keys ----
 
-fn create_key(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn create_key(ctx: &Ctx, req: &Request, q: Query) -> Res {
     admin(ctx, req)?;
     q.finish()?;
-    let mut map = json_body(ctx, req)?;
+    let mut map = json_body(req)?;
     deny_unknown(&map, &["domain"])?;
     let domain: String = req_field(&mut map, "domain")?;
     let domain = validate::domain(&domain)
@@ -273,12 +272,12 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-fn send(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn send(ctx: &Ctx, req: &Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
     rate_limit(ctx, &t)?;
-    let idempotency_key = match header(req, "Idempotency-Key") {
+    let idempotency_key = match req.header("Idempotency-Key") {
         None => None,
         Some(k) if validate::idempotency_key(k) => Some(k.to_string()),
         Some(_) => {
@@ -288,7 +287,7 @@ fn send(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
             ));
         }
     };
-    let mut map = json_body(ctx, req)?;
+    let mut map = json_body(req)?;
     let content = if map.contains_key("raw") {
         deny_unknown(&map, RAW_FIELDS)?;
         let mail_from: String = req_field(&mut map, "from")?;
@@ -366,7 +365,7 @@ pub(super) fn message_summary(m: &MessageRecord) -> Value {
     })
 }
 
-fn list_messages(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
+fn list_messages(ctx: &Ctx, req: &Request, mut q: Query) -> Res {
     let t = tenant(ctx, req)?;
     let status = q.parse("status", parse_message_status)?;
     let limit = q.limit(50, 100)?;
@@ -391,7 +390,7 @@ fn list_messages(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
     ))
 }
 
-fn get_message(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+fn get_message(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     let t = tenant(ctx, req)?;
     q.finish()?;
     let id: MessageId = id.parse().map_err(|_| ApiError::not_found())?;
@@ -447,7 +446,7 @@ pub(super) fn message_detail(
 
 // ---- events ----
 
-fn list_events(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
+fn list_events(ctx: &Ctx, req: &Request, mut q: Query) -> Res {
     let t = tenant(ctx, req)?;
     let after = q.parse("after", |s| s.parse::<u64>().ok())?.unwrap_or(0);
     let limit = q.limit(100, 1000)?;
@@ -466,7 +465,7 @@ fn list_events(ctx: &Ctx, req: &mut Request, mut q: Query) -> Res {
 
 // ---- suppressions ----
 
-fn list_suppressions(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn list_suppressions(ctx: &Ctx, req: &Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     suppressions_page(ctx, &t, q)
 }
@@ -507,7 +506,7 @@ pub(super) fn suppressions_page(ctx: &Ctx, t: &Tenant, mut q: Query) -> Res {
     ))
 }
 
-fn add_suppression(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn add_suppression(ctx: &Ctx, req: &Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
@@ -515,8 +514,8 @@ fn add_suppression(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
 }
 
 /// Adds the body's address to a tenant's suppression list (tenant route and admin route).
-pub(super) fn suppress(ctx: &Ctx, req: &mut Request, t: &Tenant) -> Res {
-    let mut map = json_body(ctx, req)?;
+pub(super) fn suppress(ctx: &Ctx, req: &Request, t: &Tenant) -> Res {
+    let mut map = json_body(req)?;
     deny_unknown(&map, &["address", "reason"])?;
     let address: String = req_field(&mut map, "address")?;
     let address = validate::address(&address)
@@ -541,7 +540,7 @@ pub(super) fn suppress(ctx: &Ctx, req: &mut Request, t: &Tenant) -> Res {
     ))
 }
 
-fn remove_suppression(ctx: &Ctx, req: &mut Request, q: Query, address: &str) -> Res {
+fn remove_suppression(ctx: &Ctx, req: &Request, q: Query, address: &str) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
@@ -591,7 +590,7 @@ fn own_endpoint(ctx: &Ctx, t: &Tenant, id: &str) -> Result<EndpointId, ApiError>
     }
 }
 
-fn list_webhooks(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn list_webhooks(ctx: &Ctx, req: &Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     q.finish()?;
     let eps = ctx.store.read(|c| query::list_endpoints(c, t.id))?;
@@ -601,11 +600,11 @@ fn list_webhooks(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
     ))
 }
 
-fn create_webhook(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn create_webhook(ctx: &Ctx, req: &Request, q: Query) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
-    let mut map = json_body(ctx, req)?;
+    let mut map = json_body(req)?;
     deny_unknown(&map, &["url", "events"])?;
     let url: String = req_field(&mut map, "url")?;
     match validate::webhook_url(&url, ctx.settings.allow_private_webhooks) {
@@ -650,7 +649,7 @@ fn create_webhook(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
     Ok(Reply::json(201, body))
 }
 
-fn delete_webhook(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+fn delete_webhook(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
@@ -664,7 +663,7 @@ fn delete_webhook(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
     Ok(Reply::no_content())
 }
 
-fn list_deliveries(ctx: &Ctx, req: &mut Request, mut q: Query, id: &str) -> Res {
+fn list_deliveries(ctx: &Ctx, req: &Request, mut q: Query, id: &str) -> Res {
     let t = tenant(ctx, req)?;
     let limit = q.limit(50, 100)?;
     let cursor = q.parse("cursor", |s| s.parse::<u64>().ok())?;
@@ -708,7 +707,7 @@ fn list_deliveries(ctx: &Ctx, req: &mut Request, mut q: Query, id: &str) -> Res 
     ))
 }
 
-fn rotate_secret(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
+fn rotate_secret(ctx: &Ctx, req: &Request, q: Query, id: &str) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
@@ -728,7 +727,7 @@ fn rotate_secret(ctx: &Ctx, req: &mut Request, q: Query, id: &str) -> Res {
     ))
 }
 
-fn retry_delivery(ctx: &Ctx, req: &mut Request, q: Query, id: &str, event: &str) -> Res {
+fn retry_delivery(ctx: &Ctx, req: &Request, q: Query, id: &str, event: &str) -> Res {
     let t = tenant(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
@@ -766,25 +765,25 @@ fn retry_delivery(ctx: &Ctx, req: &mut Request, q: Query, id: &str, event: &str)
 
 // ---- admin ----
 
-fn admin_queue(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn admin_queue(ctx: &Ctx, req: &Request, q: Query) -> Res {
     admin(ctx, req)?;
     q.finish()?;
     Ok(Reply::json(200, json!({"data": ctx.gateway.queue()})))
 }
 
-fn admin_breakers(ctx: &Ctx, req: &mut Request, q: Query) -> Res {
+fn admin_breakers(ctx: &Ctx, req: &Request, q: Query) -> Res {
     admin(ctx, req)?;
     q.finish()?;
     Ok(Reply::json(200, json!({"data": ctx.gateway.breakers()})))
 }
 
-fn force_breaker(ctx: &Ctx, req: &mut Request, q: Query, domain: &str) -> Res {
+fn force_breaker(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
     admin(ctx, req)?;
     accepting(ctx)?;
     q.finish()?;
     let domain = validate::domain(domain)
         .ok_or_else(|| ApiError::invalid("domain", "domain must be a valid DNS name"))?;
-    let mut map = json_body(ctx, req)?;
+    let mut map = json_body(req)?;
     deny_unknown(&map, &["state"])?;
     let state: ForcedBreakerState = req_field(&mut map, "state")?;
     ctx.gateway

@@ -224,7 +224,7 @@ fn harness() -> Harness {
     harness_with(ApiSettings {
         allow_private_webhooks: false,
         max_body_bytes: 64 * 1024,
-        workers: 2,
+        max_connections: 8,
         rate_limiter: None,
         metrics: Some(Arc::new(|| "outpost_up 1\n".to_string())),
         ..ApiSettings::default()
@@ -489,6 +489,26 @@ fn malformed_invalid_and_oversize_requests() {
     let (s, v) = post_raw("{\"from\": ");
     assert_eq!((s, code(&v)), (400, "invalid_json"));
     assert_eq!(post_raw("[1,2]").0, 400);
+    // Nesting stops at serde_json's recursion limit, within the connection thread's stack
+    // (the server's default); just under the limit the value reaches field checks.
+    let deep = format!(
+        r#"{{"from":{}1{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let (s, v) = post_raw(&deep);
+    assert_eq!((s, code(&v)), (400, "invalid_json"));
+    let nested = format!(
+        r#"{{"from":"a@example.com","to":["b@x.example"],"tags":{}1{}}}"#,
+        "[".repeat(125),
+        "]".repeat(125)
+    );
+    let (s, v) = post_raw(&nested);
+    assert_eq!(
+        (s, v["error"]["field"].as_str()),
+        (422, Some("tags")),
+        "{v}"
+    );
     let (s, v) = post_raw(r#"{"from":"a@example.com","to":["b@x.example"],"bogus":1,"zz":2}"#);
     assert_eq!((s, code(&v)), (422, "unknown_field"));
     assert_eq!(v["error"]["field"], "bogus");
@@ -527,6 +547,19 @@ fn malformed_invalid_and_oversize_requests() {
     );
     let (s, v) = post_raw(&big);
     assert_eq!((s, code(&v)), (413, "payload_too_large"));
+    let res = h
+        .agent
+        .post(format!("{}/v1/messages", h.base))
+        .header("Authorization", format!("Bearer {key}"))
+        .send(&big)
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    assert_eq!(
+        res.headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
     // Over the limit without a Content-Length (chunked): the read is capped.
     let mut tcp = TcpStream::connect(h.api.as_ref().unwrap().local_addr()).unwrap();
     let chunk = "y".repeat(70 * 1024);

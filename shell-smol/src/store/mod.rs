@@ -36,8 +36,14 @@ pub use writer::{Completions, WriterHandle};
 
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle read connections kept for reuse.
-const MAX_IDLE_READERS: usize = 8;
+/// Idle read connections kept for reuse. A connection opened past it is closed after its
+/// read, and its successor starts cold (schema parse, every statement prepared again):
+/// keep as many as requests commonly read at once (each HTTP connection's thread reads
+/// on its own).
+const MAX_IDLE_READERS: usize = 32;
+/// Prepared statements cached per connection (rusqlite's default is 16, fewer than the
+/// writer's statements or the API's queries: an LRU that small re-prepares in a cycle).
+const STATEMENT_CACHE: usize = 96;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,6 +86,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // The query planner stability guarantee: one plan per statement whatever its bound
+    // values. Without it SQLite prepares a cached statement again on every new binding of
+    // a parameter that might sway the plan (the API key lookup, the send log: a full
+    // parse and plan per request), which defeats the statement cache.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Schema(format!(

@@ -66,16 +66,16 @@ pub fn create_key(
     })
 }
 
+pub(super) const TENANT_BY_KEY_HASH_SQL: &str = "SELECT t.id, t.domain FROM api_keys k \
+     JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = ?1 AND k.revoked_at IS NULL";
+
 /// The tenant owning the (unrevoked) key with this SHA-256 hash.
 pub fn tenant_by_key_hash(
     conn: &mut Connection,
     key_hash_hex: &str,
 ) -> Result<Option<Tenant>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT t.id, t.domain FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-             WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
-        )?
+        .prepare_cached(TENANT_BY_KEY_HASH_SQL)?
         .query_row([key_hash_hex], |r| {
             Ok(Tenant {
                 id: TenantId(u64_from_sql(r.get(0)?)),
@@ -134,14 +134,29 @@ fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRecord> {
     })
 }
 
+/// `?,?,...` for an `IN (...)` list of `n` values, rounded up to a power of two so that
+/// the statement is one of a few cached ones, not one per page size; `pad_in_list` fills
+/// the extra slots by repeating the last value (harmless in `IN`).
+fn in_list_placeholders(n: usize) -> String {
+    vec!["?"; n.max(1).next_power_of_two()].join(",")
+}
+
+fn pad_in_list(values: &mut Vec<String>) {
+    let n = values.len().max(1).next_power_of_two();
+    if let Some(last) = values.last().cloned() {
+        values.resize(n, last);
+    }
+}
+
 /// Recipients of these messages, attached in order (one query).
 fn attach_recipients(conn: &Connection, messages: &mut [MessageRecord]) -> Result<(), StoreError> {
     if messages.is_empty() {
         return Ok(());
     }
-    let placeholders = vec!["?"; messages.len()].join(",");
-    let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
-    let mut stmt = conn.prepare(&format!(
+    let placeholders = in_list_placeholders(messages.len());
+    let mut ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
+    pad_in_list(&mut ids);
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT message_id, idx, address, domain, kind, status, attempts, next_attempt_at,
             updated_at, reason
          FROM recipients WHERE message_id IN ({placeholders}) ORDER BY message_id, idx"
@@ -392,10 +407,12 @@ pub fn list_deliveries(
         .enumerate()
         .map(|(i, l)| (l.delivery.event, i))
         .collect();
-    let placeholders = vec!["?"; logs.len()].join(",");
+    let placeholders = in_list_placeholders(logs.len());
+    let mut events: Vec<String> = logs.iter().map(|l| l.delivery.event.to_string()).collect();
+    pad_in_list(&mut events);
     let mut args: Vec<String> = vec![ep.clone()];
-    args.extend(logs.iter().map(|l| l.delivery.event.to_string()));
-    let mut stmt = conn.prepare(&format!(
+    args.extend(events);
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT endpoint_id, event_id, tenant_id, attempt, at, duration_ms, status_code, error
          FROM webhook_attempts WHERE endpoint_id = ? AND event_id IN ({placeholders})
          ORDER BY event_id, attempt"

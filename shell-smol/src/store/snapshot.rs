@@ -364,7 +364,7 @@ pub(super) fn endpoints(
 ) -> Result<Vec<EndpointRecord>, StoreError> {
     let tenant_sql = tenant.map(|t| u64_to_sql(t.0));
     let mut eps: BTreeMap<EndpointId, EndpointRecord> = conn
-        .prepare(
+        .prepare_cached(
             "SELECT id, tenant_id, url, events, created_at FROM webhook_endpoints
              WHERE ?1 IS NULL OR tenant_id = ?1",
         )?
@@ -385,7 +385,7 @@ pub(super) fn endpoints(
         })?
         .map(|e| e.map(|e| (e.id, e)))
         .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT s.endpoint_id, s.key, s.created_at, s.expires_at
          FROM webhook_secrets s JOIN webhook_endpoints e ON e.id = s.endpoint_id
          WHERE ?1 IS NULL OR e.tenant_id = ?1

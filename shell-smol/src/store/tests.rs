@@ -639,6 +639,16 @@ fn list_messages_pages_newest_first_with_recipients() {
         page2.iter().map(|m| m.id).collect::<Vec<_>>(),
         vec![ids[2], ids[1], ids[0]]
     );
+    // Three ids fill a four-slot (padded, cached) IN list: each recipient once.
+    assert!(page2.iter().all(|m| m.recipients.len() == 2));
+    // Every page size reuses one of a few statements and sees the same rows.
+    for limit in 1..=6 {
+        let page = store
+            .read(|c| query::list_messages(c, TenantId(1), None, None, limit))
+            .unwrap();
+        assert_eq!(page.len(), limit.min(5));
+        assert!(page.iter().all(|m| m.recipients.len() == 2), "{limit}");
+    }
     // Tenant scoping.
     assert!(
         store
@@ -817,4 +827,45 @@ fn a_spool_file_is_written_under_its_name_and_a_failed_batch_leaves_none() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(names, vec![a.to_string()]);
+}
+
+#[test]
+fn cached_statements_are_not_prepared_again_when_their_parameters_change() {
+    // SQLite re-prepares a statement whose plan might depend on a bound value, on every
+    // new binding, unless the query planner stability guarantee is on: the API's key
+    // lookup then cost a full prepare per request (most of the API's CPU in a profile).
+    use rusqlite::StatementStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ids: Vec<MessageId> = (0..3)
+        .map(|i| msg_id(i, T0.plus(Duration::from_secs(i))))
+        .collect();
+    let ops: Vec<StoreOp> = ids
+        .iter()
+        .map(|&id| insert(message(id, 1, &["a@d.example"])))
+        .collect();
+    apply(&store, vec![ops]);
+    store
+        .read(|c| query::create_key(c, "example.com", "abcd", "op_", T0))
+        .unwrap();
+    store
+        .read(|c| {
+            for round in 0..4u64 {
+                query::tenant_by_key_hash(c, &format!("hash{round}"))?;
+                query::list_messages(
+                    c,
+                    TenantId(round % 2 + 1),
+                    None,
+                    ids.get(round as usize).copied(),
+                    2,
+                )?;
+            }
+            for sql in [query::TENANT_BY_KEY_HASH_SQL, query::LIST_MESSAGES_SQL] {
+                let st = c.prepare_cached(sql)?;
+                assert_eq!(st.get_status(StatementStatus::Run), 4, "{sql}");
+                assert_eq!(st.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            }
+            Ok(())
+        })
+        .unwrap();
 }
