@@ -314,6 +314,11 @@ impl Daemon {
 
     // ---- HTTP ----
 
+    /// The HTTP API's `127.0.0.1:<port>` (for raw-socket tests).
+    pub fn http_addr(&self) -> &str {
+        &self.http
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn base(&self) -> String {
         format!("http://{}", self.http)

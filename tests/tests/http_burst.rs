@@ -17,24 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use outpost_tests::delivery_daemon::{Daemon, free_port, require, scratch_dir};
-
-const ADMIN: &str = "burst-admin-key-0123456789";
+use outpost_tests::{Daemon, free_port, require, scratch_dir};
 
 fn daemon(name: &str) -> Daemon {
-    let data = scratch_dir(name);
     // Mail goes to a closed port: submissions are accepted and stay deferred.
-    let relay = format!("127.0.0.1:{}", free_port());
-    Daemon::start(
-        &data,
-        &[
-            "--relay".to_string(),
-            relay,
-            "--smtp".to_string(),
-            "off".to_string(),
-        ],
-        ADMIN,
-    )
+    Daemon::builder(scratch_dir(name))
+        .relay(free_port())
+        .start()
 }
 
 /// A keep-alive HTTP/1.1 connection; responses read by their Content-Length.
@@ -101,7 +90,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[test]
 fn a_burst_of_keep_alive_connections_is_answered_promptly() {
     let d = daemon("http-burst");
-    let key = d.create_key(ADMIN, "example.com");
+    let key = d.create_key("example.com");
     // Against the tiny_http build this failed in about half of the runs, always in the
     // first burst after start-up (its pool then had 4 idle threads, and its count of
     // idle threads lagged behind a burst).
@@ -116,7 +105,7 @@ fn burst(d: &Daemon, key: &str, round: usize) {
     // All connections open at once, back to back from one thread (the server accepts
     // them in one burst), then every client starts its requests at the same moment.
     let conns: Vec<Conn> = (0..clients)
-        .map(|_| Conn::open(&d.http, Duration::from_secs(10)))
+        .map(|_| Conn::open(d.http_addr(), Duration::from_secs(10)))
         .collect();
     let barrier = Arc::new(Barrier::new(clients));
     let done = Arc::new(AtomicUsize::new(0));
@@ -198,9 +187,9 @@ fn burst(d: &Daemon, key: &str, round: usize) {
 #[test]
 fn an_oversize_body_gets_413_and_connection_close() {
     let d = daemon("http-413");
-    let key = d.create_key(ADMIN, "example.com");
+    let key = d.create_key("example.com");
     // Declared over the 10 MiB limit, no Expect, nothing of the body sent: answered at once.
-    let mut c = Conn::open(&d.http, Duration::from_secs(10));
+    let mut c = Conn::open(d.http_addr(), Duration::from_secs(10));
     let (status, head, body) = c
         .request(&format!(
             "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
@@ -233,7 +222,7 @@ fn curl_sends_large_bodies_with_expect_100_continue() {
         return;
     }
     let d = daemon("http-curl");
-    let key = d.create_key(ADMIN, "example.com");
+    let key = d.create_key("example.com");
     let dir = scratch_dir("http-curl-files");
     let auth = format!("Authorization: Bearer {key}");
     let url = d.url("/v1/messages");
