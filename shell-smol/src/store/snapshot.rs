@@ -136,11 +136,13 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Both plans' results (messages, recipients), for the tests.
+/// One plan's result: the live messages and their recipients.
 #[cfg(test)]
-pub(super) fn live_messages_by_both_plans(
-    conn: &Connection,
-) -> Result<[(Vec<PendingMessage>, Vec<PendingRecipient>); 2], StoreError> {
+pub(super) type LiveRows = (Vec<PendingMessage>, Vec<PendingRecipient>);
+
+/// Both plans' results, for the tests.
+#[cfg(test)]
+pub(super) fn live_messages_by_both_plans(conn: &Connection) -> Result<[LiveRows; 2], StoreError> {
     let mut out = [Snapshot::default(), Snapshot::default()];
     let oldest: Option<String> = conn.query_row(
         &format!("SELECT min(id) FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"),
