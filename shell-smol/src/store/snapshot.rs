@@ -136,11 +136,13 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Both plans' results (messages, recipients), for the tests.
+/// Live messages and their recipients as one plan reads them.
 #[cfg(test)]
-pub(super) fn live_messages_by_both_plans(
-    conn: &Connection,
-) -> Result<[(Vec<PendingMessage>, Vec<PendingRecipient>); 2], StoreError> {
+pub(super) type LiveSet = (Vec<PendingMessage>, Vec<PendingRecipient>);
+
+/// Both plans' results (scan, join), for the tests.
+#[cfg(test)]
+pub(super) fn live_messages_by_both_plans(conn: &Connection) -> Result<[LiveSet; 2], StoreError> {
     let mut out = [Snapshot::default(), Snapshot::default()];
     let oldest: Option<String> = conn.query_row(
         &format!("SELECT min(id) FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"),
