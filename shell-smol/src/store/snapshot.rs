@@ -136,13 +136,13 @@ fn live_messages(conn: &Connection, snap: &mut Snapshot) -> Result<(), StoreErro
     Ok(())
 }
 
-/// One plan's result: the live messages and their recipients.
+/// Live messages and their recipients as one plan reads them.
 #[cfg(test)]
-pub(super) type LiveRows = (Vec<PendingMessage>, Vec<PendingRecipient>);
+pub(super) type LiveSet = (Vec<PendingMessage>, Vec<PendingRecipient>);
 
-/// Both plans' results, for the tests.
+/// Both plans' results (scan, join), for the tests.
 #[cfg(test)]
-pub(super) fn live_messages_by_both_plans(conn: &Connection) -> Result<[LiveRows; 2], StoreError> {
+pub(super) fn live_messages_by_both_plans(conn: &Connection) -> Result<[LiveSet; 2], StoreError> {
     let mut out = [Snapshot::default(), Snapshot::default()];
     let oldest: Option<String> = conn.query_row(
         &format!("SELECT min(id) FROM messages WHERE status IN {LIVE_MESSAGE_STATUSES}"),
