@@ -15,7 +15,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A closing connection reads (and discards) at most this much more before closing...
 const LINGER_BYTES: u64 = 1024 * 1024;
 /// ...for at most this long, so that the client reads our answer rather than a reset.
-const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_TIME: Duration = Duration::from_secs(5);
 
 /// A byte stream with read deadlines (a socket; a script in tests).
 pub(super) trait Io: Read + Write {
@@ -450,8 +450,15 @@ fn fail<S: Io>(conn: &mut Conn<S>, e: RequestError, cx: &Cx<'_>, head_only: bool
     );
     if write_response(&mut conn.io, &error.response(), head_only, true, false) {
         // Read what the client is still sending (a body over the limit, say), up to a
-        // bound, so that it reads our answer rather than a reset.
-        closing(conn, cx, LINGER_BYTES.max(config.max_body as u64));
+        // bound, so that it reads our answer rather than a reset. A client that does not
+        // wait for `100 Continue` sends its whole body before reading: an overage of up to
+        // the limit again is read through (closing with unread bytes would reset the
+        // connection, and the client would see a broken pipe instead of the 413).
+        closing(
+            conn,
+            cx,
+            LINGER_BYTES.max((config.max_body as u64).saturating_mul(2)),
+        );
     }
     false
 }
