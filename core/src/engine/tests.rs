@@ -1555,3 +1555,19 @@ fn recovered_messages_wake_for_expiry_and_each_recipients_attempt() {
     // its expiry.
     assert_eq!(e.msg_timers.len(), 1);
 }
+
+/// Interned domains and senders go with the last message holding them (at the next spool
+/// scan), so a long-running engine does not keep every domain it ever saw.
+#[test]
+fn shared_strings_are_released_with_their_messages() {
+    let mut w = World::new();
+    for i in 0..5 {
+        w.submit_to(&[&format!("u{i}@d{i}.invalid"), &format!("v{i}@d{i}.invalid")]);
+    }
+    w.run_for(MIN);
+    // NXDOMAIN: every recipient bounced, every message finished.
+    assert!(w.engine.messages.is_empty(), "{:#?}", w.log);
+    assert!(!w.engine.names.is_empty());
+    w.run_for(6 * MIN); // past the first spool scan
+    assert!(w.engine.names.is_empty(), "{:?}", w.engine.names);
+}

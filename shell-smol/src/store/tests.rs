@@ -168,6 +168,8 @@ fn open_sets_wal_full_sync_schema_and_private_file() {
             assert_eq!(mode, "wal");
             let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
             assert_eq!(sync, 2, "synchronous=FULL");
+            let cache: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+            assert_eq!(cache, -i64::from(READER_CACHE_KIB));
             let v: i64 = c.query_row("SELECT version FROM schema_version", [], |r| r.get(0))?;
             assert_eq!(v, SCHEMA_VERSION);
             Ok(())
