@@ -110,6 +110,7 @@ impl Engine {
         }
         if let Some(key) = &sub.idempotency_key {
             let slot = (tenant, key.clone());
+            self.idempotency_in_flight.insert(id, slot.clone());
             self.idempotency.insert(
                 slot,
                 IdempotencyState::InFlight {
@@ -292,11 +293,9 @@ impl Engine {
     }
 
     fn finish_idempotency(&mut self, id: MessageId, receipt: &Receipt) {
-        let key = self.idempotency.iter().find_map(|(k, v)| match v {
-            IdempotencyState::InFlight { message, .. } if *message == id => Some(k.clone()),
-            _ => None,
-        });
-        let Some(key) = key else { return };
+        let Some(key) = self.in_flight_slot(id) else {
+            return;
+        };
         if let Some(IdempotencyState::InFlight {
             request_hash,
             waiters,
@@ -324,11 +323,7 @@ impl Engine {
     /// The submission's store write failed: forget it entirely.
     pub(crate) fn abandon_submission(&mut self, id: MessageId) {
         self.messages.remove(&id);
-        let key = self.idempotency.iter().find_map(|(k, v)| match v {
-            IdempotencyState::InFlight { message, .. } if *message == id => Some(k.clone()),
-            _ => None,
-        });
-        if let Some(key) = key
+        if let Some(key) = self.in_flight_slot(id)
             && let Some(IdempotencyState::InFlight { waiters, .. }) = self.idempotency.remove(&key)
         {
             for w in waiters {
@@ -342,6 +337,16 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Takes the Idempotency-Key slot of submission `id` if it is still in flight.
+    fn in_flight_slot(&mut self, id: MessageId) -> Option<(TenantId, String)> {
+        let slot = self.idempotency_in_flight.remove(&id)?;
+        matches!(
+            self.idempotency.get(&slot),
+            Some(IdempotencyState::InFlight { message, .. }) if *message == id
+        )
+        .then_some(slot)
     }
 
     pub(crate) fn prune_idempotency(&mut self, now: Time) {

@@ -172,6 +172,9 @@ pub struct Engine {
     pub(crate) batches: BTreeMap<BatchId, PendingBatch>,
     pub(crate) suppressions: BTreeSet<(TenantId, String)>,
     pub(crate) idempotency: BTreeMap<(TenantId, String), IdempotencyState>,
+    /// The Idempotency-Key slot of each submission still in flight (being stored), so
+    /// that finishing one does not scan every key of the window.
+    pub(crate) idempotency_in_flight: BTreeMap<MessageId, (TenantId, String)>,
     pub(crate) webhooks: crate::webhook::WebhookDispatcher,
     /// Destinations whose queue changed since the last pump.
     pub(crate) dirty: BTreeSet<String>,
@@ -248,6 +251,7 @@ impl Engine {
             batches: BTreeMap::new(),
             suppressions: BTreeSet::new(),
             idempotency: BTreeMap::new(),
+            idempotency_in_flight: BTreeMap::new(),
             webhooks,
             dirty: BTreeSet::new(),
             next_batch: 1,
