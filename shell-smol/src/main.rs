@@ -19,6 +19,7 @@ mod smtp_conn;
 // Parts of the store are used only by the API and tests.
 #[allow(dead_code)]
 mod store;
+mod stream;
 mod submission;
 mod tls;
 mod webhook;

@@ -6,18 +6,17 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
 use async_io::{Async, Timer};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use futures_rustls::TlsConnector;
 use futures_rustls::client::TlsStream;
 use outpost_core::{ConnId, Input};
 use rustls::pki_types::ServerName;
 
+use crate::stream::MaybeTls;
 use crate::tls::TlsClient;
 
 /// How long a closed connection may still flush queued writes before it is dropped.
@@ -84,48 +83,7 @@ pub fn spawn(
     ConnHandle { cmds, kill }
 }
 
-enum Stream {
-    Plain(Async<TcpStream>),
-    Tls(Box<TlsStream<Async<TcpStream>>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_close(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
+type Stream = MaybeTls<TlsStream<Async<TcpStream>>>;
 
 enum Event<T> {
     Done(T),
@@ -166,7 +124,7 @@ async fn run(
     let _ = tcp.get_ref().set_nodelay(true);
     tracing::debug!(conn = conn.0, %addr, "connected");
     report(Input::Connected { conn });
-    let mut stream = Stream::Plain(tcp);
+    let mut stream = MaybeTls::Plain(tcp);
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match or_cmd(stream.read(&mut buf), &cmds).await {
@@ -219,7 +177,7 @@ async fn run(
                 server_name,
                 require_verified,
             })) => {
-                let Stream::Plain(tcp) = stream else {
+                let MaybeTls::Plain(tcp) = stream else {
                     report(Input::TlsFailed {
                         conn,
                         error: "TLS already established".into(),
@@ -229,7 +187,7 @@ async fn run(
                 match start_tls(tcp, &tls, &server_name, require_verified, &cmds).await {
                     Event::Done(Ok((s, verified))) => {
                         tracing::debug!(conn = conn.0, verified, "TLS established");
-                        stream = Stream::Tls(Box::new(s));
+                        stream = MaybeTls::Tls(Box::new(s));
                         report(Input::TlsEstablished { conn, verified });
                     }
                     Event::Done(Err(error)) => {

@@ -9,16 +9,13 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_io::{Async, Timer};
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use futures_rustls::TlsAcceptor;
-use futures_rustls::server::TlsStream;
 use outpost_core::RequestId;
 use outpost_core::io::{Submission, SubmissionContent};
 use outpost_core::model::Source;
@@ -32,6 +29,7 @@ use crate::runtime::LoopHandle;
 use crate::runtime::now;
 use crate::store::Store;
 use crate::store::query;
+use crate::stream::MaybeTls;
 
 /// Read chunk size (the session bounds what it keeps).
 const READ_CHUNK: usize = 16 * 1024;
@@ -179,49 +177,6 @@ pub fn start(
     Ok(local)
 }
 
-enum Stream {
-    Plain(Async<TcpStream>),
-    Tls(Box<TlsStream<Async<TcpStream>>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_close(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
-        }
-    }
-}
-
 /// Counts a client while it is served.
 struct ClientSlot<'a>(&'a AtomicUsize);
 
@@ -234,7 +189,7 @@ impl Drop for ClientSlot<'_> {
 async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAddr) {
     let n = shared.clients.fetch_add(1, Ordering::SeqCst);
     let _slot = ClientSlot(&shared.clients);
-    let mut stream = Stream::Plain(stream);
+    let mut stream = MaybeTls::Plain(stream);
     if n >= MAX_CLIENTS {
         let line = format!(
             "421 4.3.2 {} Too many connections\r\n",
@@ -277,7 +232,7 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
                         let Some(tls) = s.tls.clone() else {
                             break 'conn;
                         };
-                        let Stream::Plain(plain) = stream else {
+                        let MaybeTls::Plain(plain) = stream else {
                             break 'conn;
                         };
                         let handshake = TlsAcceptor::from(tls).accept(plain).or(async {
@@ -286,7 +241,7 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
                         });
                         match handshake.await {
                             Ok(t) => {
-                                stream = Stream::Tls(Box::new(t));
+                                stream = MaybeTls::Tls(Box::new(t));
                                 session.on_tls_established(now());
                             }
                             Err(e) => {
