@@ -34,6 +34,8 @@ fn bench(args: &[&str]) -> String {
         .arg(outpost_bin())
         .arg("--work-dir")
         .arg(&work)
+        // Figures are not checked here: no pause between runs.
+        .args(["--settle", "0"])
         .args(args)
         .output()
         .expect("run outpost-bench");
