@@ -214,7 +214,9 @@ const INLINE_SPOOL_MAX: u64 = 1024 * 1024;
 
 async fn send_spool(stream: &mut Stream, path: &std::path::Path) -> io::Result<()> {
     let spool_err = |e: io::Error| io::Error::new(e.kind(), format!("spool file: {e}"));
-    let mut file = std::fs::File::open(path).map_err(spool_err)?;
+    // Registered while it is read: a finished message's file is reused for a new one,
+    // but never while a connection has it open.
+    let (mut file, _reading) = crate::store::open_for_sending(path).map_err(spool_err)?;
     let len = file.metadata().map_err(spool_err)?.len();
     if len <= INLINE_SPOOL_MAX {
         // The message and its terminating `.\r\n` in one write.

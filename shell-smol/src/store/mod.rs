@@ -4,6 +4,8 @@
 //! - `outpost.db` (+ `-wal`, `-shm`): everything but message bodies, mode 0600.
 //! - `spool/<shard>/<message id>`: each message as sent on the wire, written and synced
 //!   (the file and its directory) before the row that references it commits.
+//! - `spool/free/<n>`: emptied files of finished messages, renamed into place for new
+//!   ones (`spool::Recycler`); not durable, cleared at start-up.
 //!
 //! One writer thread applies the engine's `StoreOp` batches with group commit
 //! ([`Store::spawn_writer`]); the API reads through a small pool of connections
@@ -31,7 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 #[allow(unused_imports)]
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 #[allow(unused_imports)]
-pub use spool::spool_path;
+pub use spool::{ReaderGuard, open_for_sending, spool_path};
 pub use writer::{Completions, WriterHandle};
 
 /// How long a connection waits for a lock held by another connection.

@@ -126,10 +126,12 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
     // Spool files to remove: done when nothing else is queued (commits come first, the
     // answers wait for them), or once too many wait.
     let mut deletions: Vec<MessageId> = Vec::new();
-    let delete = |ids: &mut Vec<MessageId>| {
+    // Finished messages' files hold the next ones (see `spool::Recycler`).
+    let mut recycler = spool::Recycler::open(data_dir);
+    let delete = |ids: &mut Vec<MessageId>, recycler: &mut spool::Recycler| {
         if !ids.is_empty() {
             // Errors are logged per file; nothing else to do about them here.
-            let _ = spool::delete(data_dir, ids);
+            recycler.release_all(data_dir, ids);
             ids.clear();
         }
     };
@@ -140,7 +142,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
             Ok(cmd) => Ok(cmd),
             Err(mpsc::TryRecvError::Disconnected) => break,
             Err(mpsc::TryRecvError::Empty) => {
-                delete(&mut deletions);
+                delete(&mut deletions, &mut recycler);
                 rx.recv()
             }
         };
@@ -158,7 +160,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
         if !batches.is_empty() {
             let started = std::time::Instant::now();
             let results = match conn.as_mut() {
-                Some(conn) => commit_group(conn, data_dir, batches),
+                Some(conn) => commit_group(conn, data_dir, &mut recycler, batches),
                 None => batches
                     .into_iter()
                     .map(|(id, _)| (id, Err("store is not open".to_string())))
@@ -170,10 +172,10 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
             }
         }
         if deletions.len() >= MAX_DEFERRED_DELETIONS {
-            delete(&mut deletions);
+            delete(&mut deletions, &mut recycler);
         }
     }
-    delete(&mut deletions);
+    delete(&mut deletions, &mut recycler);
 }
 
 /// Files a command: a batch into the group, deletions into the list. True for `Stop`.
@@ -223,6 +225,7 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 pub(super) fn commit_group(
     conn: &mut Connection,
     data_dir: &Path,
+    recycler: &mut spool::Recycler,
     batches: Vec<(BatchId, Vec<StoreOp>)>,
 ) -> Vec<(BatchId, Result<(), String>)> {
     let mut pending: Vec<Pending> = batches
@@ -249,7 +252,16 @@ pub(super) fn commit_group(
             .any(|op| matches!(op, StoreOp::InsertMessage { .. }))
     }) && exec_cached(conn, "BEGIN").is_ok();
     for (i, p) in pending.iter_mut().enumerate() {
-        stage_spools(conn, data_dir, p, i, &mut staged, &mut files, &mut seen);
+        stage_spools(
+            conn,
+            data_dir,
+            recycler,
+            p,
+            i,
+            &mut staged,
+            &mut files,
+            &mut seen,
+        );
     }
     if read_txn {
         let _ = exec_cached(conn, "COMMIT");
@@ -361,9 +373,11 @@ fn apply_group(
 }
 
 /// Writes (unsynced) the spool files of the batch's new messages.
+#[allow(clippy::too_many_arguments)]
 fn stage_spools(
     conn: &Connection,
     data_dir: &Path,
+    recycler: &mut spool::Recycler,
     p: &mut Pending,
     batch: usize,
     staged: &mut Vec<(usize, spool::Staged)>,
@@ -391,7 +405,7 @@ fn stage_spools(
         if !seen.insert(message.id) {
             continue;
         }
-        match spool::stage(data_dir, message.id, spool) {
+        match spool::stage(data_dir, message.id, spool, recycler) {
             Ok((s, file)) => {
                 staged.push((batch, s));
                 files.push(spool::SyncItem::File(file));
