@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the functions of one object file that ran in callgrind profiles (run with
 --demangle=no), one mangled name per line: those of the first profile first, then those
-that only later profiles add, each in the order callgrind wrote them. Used by
+that only the others add, each group sorted. Used by
 scripts/orderfile.sh to build the linker's symbol ordering file."""
 import argparse
 import re
@@ -43,11 +43,17 @@ def main():
     parser.add_argument("profiles", nargs="+")
     args = parser.parse_args()
     seen = set()
-    for profile in args.profiles:
-        for name in functions(profile, args.object):
-            if name not in seen:
-                seen.add(name)
-                print(name)
+    first, rest = args.profiles[0], args.profiles[1:]
+    for group in ([first], rest):
+        ran = set()
+        for profile in group:
+            ran.update(functions(profile, args.object))
+        # Sorted within a group: the layout only needs them together, and a sorted list
+        # keeps the diff of a regenerated file to the functions that changed.
+        new = sorted(ran - seen)
+        seen.update(new)
+        for name in new:
+            print(name)
 
 
 if __name__ == "__main__":
