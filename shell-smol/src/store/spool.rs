@@ -48,8 +48,9 @@ pub struct Staged {
 }
 
 /// Step 1 of a group write: the file, written but not synced (returned to be synced).
-/// A free file from `recycler`, if it has one, is renamed into place rather than a new
-/// one created.
+/// A free file from `recycler`, if it has one, is written and then renamed into place
+/// rather than a new one created (written first, so that the file appears under its name
+/// with its bytes and a fresh modification time, which the orphan clean-up goes by).
 pub fn stage(
     data_dir: &Path,
     id: MessageId,
@@ -61,32 +62,70 @@ pub fn stage(
         .parent()
         .ok_or_else(|| io::Error::other("spool path has no parent"))?
         .to_path_buf();
-    recycler.reuse_as(&path);
+    let file = match recycler.take() {
+        Some((free, file)) => place(file, &free, &path, &dir, data_dir, bytes)?,
+        None => create(&path, &dir, data_dir, bytes)?,
+    };
+    Ok((Staged { path, dir }, file))
+}
+
+/// A new file at `path` with `bytes`.
+fn create(path: &Path, dir: &Path, data_dir: &Path, bytes: &[u8]) -> io::Result<fs::File> {
     let open = || {
         fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(path)
     };
     let mut file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // The shard directory is new (or was removed): create it, and make its name
-            // durable too.
-            fs::create_dir_all(&dir)?;
-            fsync_dir(&data_dir.join(SPOOL_DIR))?;
+            make_shard(dir, data_dir)?;
             open()?
         }
         Err(e) => return Err(e),
     };
     match file.write_all(bytes) {
-        Ok(()) => Ok((Staged { path, dir }, file)),
+        Ok(()) => Ok(file),
         Err(e) => {
-            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(path);
             Err(e)
         }
     }
+}
+
+/// A free file (open, emptied) written with `bytes` and renamed to `path`.
+fn place(
+    mut file: fs::File,
+    free: &Path,
+    path: &Path,
+    dir: &Path,
+    data_dir: &Path,
+    bytes: &[u8],
+) -> io::Result<fs::File> {
+    let placed = file
+        .write_all(bytes)
+        .and_then(|()| match fs::rename(free, path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && free.exists() => {
+                make_shard(dir, data_dir)?;
+                fs::rename(free, path)
+            }
+            other => other,
+        });
+    match placed {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = fs::remove_file(free);
+            Err(e)
+        }
+    }
+}
+
+/// The shard directory is new (or was removed): create it, and make its name durable.
+fn make_shard(dir: &Path, data_dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fsync_dir(&data_dir.join(SPOOL_DIR))
 }
 
 impl Staged {
@@ -178,14 +217,21 @@ impl Recycler {
         self.dir.join(n.to_string())
     }
 
-    /// Renames a free file to `path`, if there is one. On failure the caller creates
-    /// `path` as usual; the free file is kept if it is still there (the usual reason:
-    /// `path`'s shard directory does not exist yet).
-    fn reuse_as(&mut self, path: &Path) {
-        let Some(n) = self.free.pop() else { return };
+    /// A free file, opened for writing and emptied, with its path; `None` if there is
+    /// none (or it could not be opened: it is dropped).
+    fn take(&mut self) -> Option<(PathBuf, fs::File)> {
+        let n = self.free.pop()?;
         let free = self.free_path(n);
-        if fs::rename(&free, path).is_err() && free.exists() {
-            self.free.push(n);
+        match fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&free)
+        {
+            Ok(file) => Some((free, file)),
+            Err(_) => {
+                let _ = fs::remove_file(&free);
+                None
+            }
         }
     }
 

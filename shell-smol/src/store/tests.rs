@@ -901,8 +901,18 @@ fn a_finished_messages_spool_file_holds_the_next_message_with_only_its_bytes() {
     // The same inode, renamed into place: no allocation; none of a's bytes left in it.
     assert_eq!(inode(&spool_path(dir.path(), b)), reused);
     assert_eq!(std::fs::read(spool_path(dir.path(), b)).unwrap(), b"short");
-    // The orphan scan sees messages only, not free files.
+    // Into a shard directory that does not exist yet: made, and the file still reused.
     r.release_all(dir.path(), &[b]);
+    let c = (3..)
+        .map(|n| msg_id(n, T0))
+        .find(|c| !spool_path(dir.path(), *c).parent().unwrap().exists())
+        .unwrap();
+    let (_, file) = spool::stage(dir.path(), c, b"c", &mut r).unwrap();
+    file.sync_all().unwrap();
+    assert_eq!(inode(&spool_path(dir.path(), c)), reused);
+    assert_eq!(std::fs::read(spool_path(dir.path(), c)).unwrap(), b"c");
+    // The orphan scan sees messages only, not free files.
+    r.release_all(dir.path(), &[c]);
     let store = Store::open(dir.path()).unwrap();
     assert!(store.scan_spool().0.unwrap().is_empty());
 }
