@@ -37,10 +37,12 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// A spool file written under its name, not yet synced: [`stage`], then the file and its
 /// directory are synced (side by side with the rest of the group, see [`concurrently`]),
-/// then the row that names it may commit. No temp name and rename: until its row commits,
-/// a file is named by nothing, and one a crash leaves behind is an orphan that the orphan
-/// clean-up removes (it spares young files and messages the engine holds); a rename would
-/// only put one more serial step (and a third round of syncs) before the commit.
+/// then the row that names it may commit. A new file is created under its final name
+/// (no temp name): until its row commits, a file is named by nothing, and one a crash
+/// leaves behind is an orphan that the orphan clean-up removes (it spares young files and
+/// messages the engine holds). A reused file is renamed from `free/`; syncing the
+/// destination directory makes the new name durable, and the old name, if a crash keeps
+/// it, is dropped at start-up ([`Recycler::open`]).
 #[derive(Debug)]
 pub struct Staged {
     pub path: PathBuf,
