@@ -27,7 +27,8 @@ fn sub(req: ComposeRequest) -> Submission {
         tenant: TenantId(1),
         tenant_domain: "example.com".into(),
         source: Source::Api,
-        idempotency_key: None,
+        // With a key, so that the request hash is computed (see below).
+        idempotency_key: Some("key-1".into()),
         content: SubmissionContent::Compose(req),
     }
 }
@@ -229,6 +230,13 @@ fn request_hash_covers_content_only() {
     let mut d = full();
     d.headers.insert("X-Other".into(), "1".into());
     assert_ne!(pa.request_hash, prep(d).request_hash);
+}
+
+#[test]
+fn request_hash_is_computed_only_for_an_idempotency_key() {
+    let mut a = sub(full());
+    a.idempotency_key = None;
+    assert_eq!(prepare(&a, ID, NOW, &LIMITS).expect("ok").request_hash, "");
 }
 
 #[test]

@@ -185,19 +185,16 @@ pub fn phrase(line: &mut HeaderLine, name: &str) {
 pub fn crlf(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 32);
     let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if input.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
+    while let Some(p) = memchr::memchr2(b'\r', b'\n', &input[i..]) {
+        let at = i + p;
+        out.extend_from_slice(&input[i..at]);
+        out.extend_from_slice(b"\r\n");
+        i = at + 1;
+        if input[at] == b'\r' && input.get(i) == Some(&b'\n') {
+            i += 1;
         }
-        i += 1;
     }
+    out.extend_from_slice(&input[i..]);
     out
 }
 
@@ -209,7 +206,7 @@ pub fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        match rest.windows(2).position(|w| w == b"\r\n") {
+        match memchr::memmem::find(rest, b"\r\n") {
             Some(p) => {
                 let line = &rest[..p];
                 rest = &rest[p + 2..];

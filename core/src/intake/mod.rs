@@ -87,7 +87,10 @@ pub fn prepare(
             limits,
         )?,
     };
-    prepared.request_hash = request_hash(&submission.content);
+    // Only an Idempotency-Key is bound to it (hashing a large message costs a pass).
+    if submission.idempotency_key.is_some() {
+        prepared.request_hash = request_hash(&submission.content);
+    }
     Ok(prepared)
 }
 

@@ -89,7 +89,14 @@ pub(super) fn raw(
 
     check_header_section(&normalized)?;
 
-    let parsed = MessageParser::default().parse(&normalized).ok_or_else(|| {
+    // Only the header section is parsed: every field used below is a top-level header,
+    // and parsing the body would decode every part for nothing. (No header section at
+    // all: the whole message, as it always was.)
+    let head = match memchr::memmem::find(&normalized, b"\r\n\r\n") {
+        Some(p) if !normalized.starts_with(b"\r\n") => &normalized[..p + 4],
+        _ => &normalized[..],
+    };
+    let parsed = MessageParser::default().parse(head).ok_or_else(|| {
         SubmitError::invalid(
             "raw",
             "unparseable_message",
@@ -184,10 +191,7 @@ pub(super) fn raw(
     // by the lenient parser's offsets, which odd input can put anywhere.
     message.extend_from_slice(&without_bcc(&normalized));
 
-    let header_end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(message.len());
+    let header_end = memchr::memmem::find(&message, b"\r\n\r\n").unwrap_or(message.len());
     let smtputf8 = input.smtputf8
         || !message[..header_end].is_ascii()
         || mail_from.needs_smtputf8()
@@ -248,10 +252,12 @@ fn without_bcc(message: &[u8]) -> Vec<u8> {
     let mut skipping = false;
     let mut rest = message;
     while !rest.is_empty() {
-        let len = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(rest.len(), |i| i + 2);
+        if !in_headers {
+            // The body, as it is.
+            out.extend_from_slice(rest);
+            break;
+        }
+        let len = memchr::memmem::find(rest, b"\r\n").map_or(rest.len(), |i| i + 2);
         let (line, tail) = rest.split_at(len);
         rest = tail;
         if in_headers {

@@ -72,10 +72,7 @@ impl DataReader {
         while i < input.len() {
             if self.state == State::InLine {
                 // Fast path: copy the run of ordinary octets up to the next CR or LF.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 if run > 0 {
                     let span = &input[i..i + run];
                     self.line_len = self.line_len.saturating_add(run);
@@ -190,10 +187,10 @@ impl DataReader {
     }
 
     fn scan(&mut self, bytes: &[u8]) {
-        if !self.nul && bytes.contains(&0) {
+        if !self.nul && memchr::memchr(0, bytes).is_some() {
             self.nul = true;
         }
-        if !self.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
+        if !self.eight_bit && !bytes.is_ascii() {
             self.eight_bit = true;
         }
     }
