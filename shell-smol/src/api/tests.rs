@@ -325,6 +325,39 @@ fn health_readiness_and_shutdown() {
 }
 
 #[test]
+fn domain_key_changes_answer_503_while_shutting_down() {
+    let keys = tempfile::tempdir().unwrap();
+    let domains =
+        crate::dkim::Domains::open(keys.path(), Default::default(), None, Vec::new()).unwrap();
+    let h = harness_with(ApiSettings {
+        max_body_bytes: 64 * 1024,
+        max_connections: 8,
+        domains: Some(domains),
+        ..ApiSettings::default()
+    });
+    let key = h.new_key("example.com");
+    let other = h.new_key("other.example");
+    h.engine.accepting.store(false, Ordering::SeqCst);
+    // Adding and retiring keys change state: refused like every other write.
+    let (s, v) = h.post(
+        "/v1/domains/example.com/dkim",
+        &key,
+        json!({"selector": "s2"}),
+    );
+    assert_eq!((s, code(&v)), (503, "shutting_down"), "{v}");
+    let (s, v) = h.call(
+        "DELETE",
+        "/v1/domains/example.com/dkim/s1",
+        Some(&key),
+        None,
+    );
+    assert_eq!((s, code(&v)), (503, "shutting_down"), "{v}");
+    // The caller is still checked first: another tenant's domain stays a 404.
+    let (s, _) = h.post("/v1/domains/example.com/dkim", &other, json!({}));
+    assert_eq!(s, 404);
+}
+
+#[test]
 fn keys_are_shown_once_and_stored_hashed() {
     let h = harness();
     let (s, v) = h.post("/v1/keys", ADMIN, json!({"domain": "Example.COM"}));
