@@ -188,9 +188,9 @@ impl Reply {
 fn handle(ctx: &Ctx, req: &Request) -> server::Response {
     let started = Instant::now();
     let (route, result) = routes::dispatch(ctx, req);
-    let (status, body, retry_after) = match result {
-        Ok(r) => (r.status, r.body, None),
-        Err(e) => (e.status, Body::Json(e.body()), e.retry_after),
+    let (status, body, retry_after, allow) = match result {
+        Ok(r) => (r.status, r.body, None, None),
+        Err(e) => (e.status, Body::Json(e.body()), e.retry_after, e.allow),
     };
     let (bytes, content_type) = match body {
         Body::Json(b) => {
@@ -204,6 +204,9 @@ fn handle(ctx: &Ctx, req: &Request) -> server::Response {
     let mut response = server::Response::new(status, content_type, bytes);
     if let Some(secs) = retry_after {
         response = response.header("Retry-After", secs.to_string());
+    }
+    if let Some(methods) = allow {
+        response = response.header("Allow", methods);
     }
     tracing::debug!(
         route,
