@@ -1153,3 +1153,166 @@ fn reply_amplification_is_bounded() {
         .sum();
     assert!(total <= MAX_PENDING_OUTPUT + 1024, "{total}");
 }
+
+// ---------- shutdown (RFC 5321 3.8, 4.2.3) ----------
+
+const SHUTDOWN: &str =
+    "421 4.3.2 mx.outpost.test Service shutting down, closing transmission channel\r\n";
+
+#[test]
+fn shutdown_before_the_greeting_answers_421_and_closes() {
+    let mut s = ServerSession::new(config(), T0);
+    s.on_bytes(T0, b"EHLO early.test\r\n");
+    s.on_shutdown(T0);
+    assert_eq!(actions(&mut s), vec![]);
+    s.on_connected(T0);
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+    assert_eq!(events(&mut s), vec![]);
+    assert!(s.is_closed());
+    assert_eq!(s.deadline(), None);
+}
+
+#[test]
+fn shutdown_answers_the_next_command_421_and_closes() {
+    let mut s = authed();
+    step(&mut s, "MAIL FROM:<a@example.com>\r\n", "250 2.1.0 Ok\r\n");
+    s.on_shutdown(T0);
+    // Nothing is said until the client speaks.
+    assert_eq!(actions(&mut s), vec![]);
+    assert!(!s.is_closed());
+    s.on_bytes(T0, b"RCPT TO:<b@x.org>\r\nDATA\r\n");
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+    assert_eq!(events(&mut s), vec![]);
+    assert!(s.is_closed());
+    // Half a command line waits for its end; then the 421.
+    let mut s = connected(config());
+    s.on_shutdown(T0);
+    s.on_bytes(T0, b"EHLO cli");
+    assert_eq!(actions(&mut s), vec![]);
+    s.on_bytes(T0, b"ent.test\r\n");
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+    // An overlong line is a command too.
+    let mut s = connected(config());
+    s.on_shutdown(T0);
+    s.on_bytes(T0, format!("NOOP {}\r\n", "x".repeat(600)).as_bytes());
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+}
+
+#[test]
+fn shutdown_still_says_bye_to_quit() {
+    let mut s = connected(config());
+    s.on_shutdown(T0);
+    s.on_bytes(T0, b"quit \r\nNOOP\r\n");
+    assert_eq!(actions(&mut s), vec![send("221 2.0.0 Bye\r\n"), Close]);
+}
+
+#[test]
+fn shutdown_during_an_auth_exchange_answers_421() {
+    let mut s = connected(ServerConfig {
+        auth_without_tls: true,
+        ..config()
+    });
+    step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
+    step(&mut s, "AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n");
+    s.on_shutdown(T0);
+    // The response line (even one reading QUIT) is not a QUIT command.
+    s.on_bytes(T0, b"QUIT\r\n");
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+    assert_eq!(events(&mut s), vec![]);
+}
+
+#[test]
+fn shutdown_mid_data_refuses_the_message_with_421() {
+    let mut s = in_data(1000);
+    s.on_bytes(T0, b"Subject: x\r\n\r\nbody\r\n");
+    s.on_shutdown(T0);
+    assert_eq!(actions(&mut s), vec![]);
+    // The end of DATA: the message was not handed over, so it is not stored; the
+    // client keeps it and tries again later.
+    s.on_bytes(T0, b".\r\nQUIT\r\n");
+    assert_eq!(events(&mut s), vec![]);
+    assert_eq!(actions(&mut s), vec![send(SHUTDOWN), Close]);
+    assert!(s.is_closed());
+}
+
+#[test]
+fn shutdown_keeps_the_real_answer_of_a_message_handed_over() {
+    let mut s = in_data(1000);
+    s.on_bytes(T0, b"x\r\n.\r\nNOOP\r\n");
+    assert_eq!(events(&mut s), vec![message(&["b@x.org"], b"x\r\n", false)]);
+    s.on_shutdown(T0);
+    assert_eq!(actions(&mut s), vec![]);
+    // The store's answer, then the 421 for the command pipelined behind it.
+    s.on_message_result(T0, Ok(receipt(9)));
+    assert_eq!(
+        actions(&mut s),
+        vec![
+            send(&format!(
+                "250 2.0.0 Ok: queued as {}\r\n{SHUTDOWN}",
+                MessageId(9)
+            )),
+            Close
+        ]
+    );
+    // A refusal is answered as such too (here without anything pipelined: the session
+    // waits for the next command).
+    let mut s = in_data(1000);
+    s.on_bytes(T0, b"x\r\n.\r\n");
+    assert_eq!(events(&mut s).len(), 1);
+    s.on_shutdown(T0);
+    s.on_message_result(T0, Err(refused(SubmitErrorKind::Unavailable, None)));
+    assert_eq!(
+        actions(&mut s),
+        vec![send(
+            "451 4.3.0 Temporary failure storing the message, try again later\r\n"
+        )]
+    );
+    assert!(!s.is_closed());
+    step_closed(&mut s, "MAIL FROM:<a@example.com>\r\n");
+}
+
+/// Feeds `client` to a session that is shutting down: `421 4.3.2` and `Close`.
+fn step_closed(s: &mut ServerSession, client: &str) {
+    s.on_bytes(T0, client.as_bytes());
+    assert_eq!(
+        actions(s),
+        vec![send(SHUTDOWN), Close],
+        "reply to {client:?}"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn shutdown_lets_pending_auth_and_sender_answers_through() {
+    let mut s = connected(ServerConfig {
+        auth_without_tls: true,
+        ..config()
+    });
+    step(&mut s, "EHLO client.test\r\n", EHLO_AUTH);
+    s.on_bytes(T0, format!("AUTH PLAIN {}\r\n", plain("u", "p")).as_bytes());
+    assert_eq!(events(&mut s), vec![auth_request("u", "p")]);
+    s.on_shutdown(T0);
+    s.on_auth_result(T0, Some(tenant()));
+    assert_eq!(
+        actions(&mut s),
+        vec![send("235 2.7.0 Authentication successful\r\n")]
+    );
+    step_closed(&mut s, "MAIL FROM:<a@example.com>\r\n");
+
+    let mut s = connected(ServerConfig {
+        trusted_client: true,
+        ..config()
+    });
+    step(&mut s, "EHLO client.test\r\n", EHLO_PLAIN);
+    s.on_bytes(T0, b"MAIL FROM:<a@example.com>\r\n");
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::SenderCheck {
+            domain: "example.com".into()
+        }]
+    );
+    s.on_shutdown(T0);
+    s.on_sender_check(T0, Some(tenant()));
+    assert_eq!(actions(&mut s), vec![send("250 2.1.0 Ok\r\n")]);
+    step_closed(&mut s, "RCPT TO:<b@x.org>\r\n");
+}

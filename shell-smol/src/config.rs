@@ -72,6 +72,18 @@ pub struct ServeArgs {
     /// answered 503 and closed.
     #[arg(long, env = "OUTPOST_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
     pub http_max_connections: usize,
+    /// How long an HTTP client may take to send a request's head (and a new connection
+    /// its first byte), e.g. `10s`; past it 408 and the connection closes.
+    #[arg(long, env = "OUTPOST_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration_arg)]
+    pub http_header_timeout: Duration,
+    /// How long an HTTP client may take to send a request's body after its head, e.g.
+    /// `60s`; past it 408 and the connection closes.
+    #[arg(long, env = "OUTPOST_HTTP_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration_arg)]
+    pub http_body_timeout: Duration,
+    /// How long an idle keep-alive HTTP connection is kept open for its next request,
+    /// e.g. `60s`.
+    #[arg(long, env = "OUTPOST_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration_arg)]
+    pub http_idle_timeout: Duration,
     /// Smarthost HOST:PORT: all mail goes there instead of the recipients' MX hosts.
     #[arg(long, env = "OUTPOST_RELAY")]
     pub relay: Option<String>,
@@ -128,6 +140,10 @@ pub struct SmtpListen {
 /// The default SMTP submission address (DESIGN.md).
 pub const DEFAULT_SMTP: &str = "127.0.0.1:2525";
 
+/// The longest HTTP timeout accepted: a sanity bound (a day is already far more than any
+/// client needs; a longer value is more likely a typo, e.g. a unit left out).
+const MAX_HTTP_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// A setting that cannot work, named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid setting `{setting}`: {reason}")]
@@ -151,6 +167,10 @@ pub struct Settings {
     pub http: SocketAddr,
     /// HTTP connections served at once (`--http-max-connections`).
     pub http_max_connections: usize,
+    /// `--http-header-timeout`, `--http-body-timeout`, `--http-idle-timeout`.
+    pub http_header_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub http_idle_timeout: Duration,
     /// `None`: the system's resolver configuration.
     pub dns: Option<SocketAddr>,
     pub allow_private_webhooks: bool,
@@ -228,6 +248,18 @@ impl Settings {
         if args.http_max_connections == 0 {
             return Err(bad("http-max-connections", "must be at least 1"));
         }
+        for (setting, d) in [
+            ("http-header-timeout", args.http_header_timeout),
+            ("http-body-timeout", args.http_body_timeout),
+            ("http-idle-timeout", args.http_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(setting, "must be more than 0"));
+            }
+            if d > MAX_HTTP_TIMEOUT {
+                return Err(bad(setting, "must be at most 1d"));
+            }
+        }
         if args.data.as_os_str().is_empty() {
             return Err(bad("data", "must not be empty"));
         }
@@ -287,6 +319,9 @@ impl Settings {
             data_dir: args.data.clone(),
             http: args.http,
             http_max_connections: args.http_max_connections,
+            http_header_timeout: args.http_header_timeout,
+            http_body_timeout: args.http_body_timeout,
+            http_idle_timeout: args.http_idle_timeout,
             dns,
             allow_private_webhooks: args.allow_private_webhooks,
             tls_ca_file: args.tls_ca_file.clone(),
@@ -671,6 +706,14 @@ mod tests {
         assert_eq!(s.engine.mx_port, 25);
         assert!(s.dns.is_none());
         assert_eq!(s.shutdown_deadline, Duration::from_secs(30));
+        // The HTTP server's own defaults.
+        use crate::api::server;
+        assert_eq!(s.http_header_timeout, server::DEFAULT_HEADER_TIMEOUT);
+        assert_eq!(s.http_body_timeout, server::DEFAULT_BODY_TIMEOUT);
+        assert_eq!(s.http_idle_timeout, server::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(s.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(s.http_body_timeout, Duration::from_secs(60));
+        assert_eq!(s.http_idle_timeout, Duration::from_secs(60));
         assert!(!s.engine.allow_private_webhooks);
         let s = Settings::build(&args(&["--allow-private-webhooks"]), None).expect("valid");
         assert!(s.allow_private_webhooks && s.engine.allow_private_webhooks);
@@ -728,6 +771,40 @@ mod tests {
         let s = Settings::build(&args(&["--http-max-connections", "64"]), None).expect("valid");
         assert_eq!(s.http_max_connections, 64);
         assert!(Cli::try_parse_from(["outpost", "serve", "--shutdown-deadline", "soon"]).is_err());
+    }
+
+    #[test]
+    fn http_timeouts_are_settings() {
+        let s = Settings::build(
+            &args(&[
+                "--http-header-timeout",
+                "500ms",
+                "--http-body-timeout",
+                "2m",
+                "--http-idle-timeout",
+                "5",
+            ]),
+            None,
+        )
+        .expect("valid");
+        assert_eq!(s.http_header_timeout, Duration::from_millis(500));
+        assert_eq!(s.http_body_timeout, Duration::from_secs(120));
+        assert_eq!(s.http_idle_timeout, Duration::from_secs(5));
+        for name in [
+            "http-header-timeout",
+            "http-body-timeout",
+            "http-idle-timeout",
+        ] {
+            let flag = format!("--{name}");
+            let flag = flag.as_str();
+            for zero in ["0", "0s", "0ms"] {
+                let e = Settings::build(&args(&[flag, zero]), None).expect_err("zero");
+                assert_eq!(e.setting, name, "{flag} {zero}");
+            }
+            let e = Settings::build(&args(&[flag, "2d"]), None).expect_err("too long");
+            assert_eq!(e.setting, name);
+            assert!(Cli::try_parse_from(["outpost", "serve", flag, "soon"]).is_err());
+        }
     }
 
     #[test]

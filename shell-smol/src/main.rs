@@ -215,6 +215,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         rate_limiter: Some(std::sync::Arc::new(move |t, d| api_limiter.check(t, d))),
         allow_private_webhooks: settings.allow_private_webhooks,
         max_connections: settings.http_max_connections,
+        header_timeout: settings.http_header_timeout,
+        body_timeout: settings.http_body_timeout,
+        idle_timeout: settings.http_idle_timeout,
         metrics: Some(std::sync::Arc::new(move || {
             metrics_gw
                 .metrics()

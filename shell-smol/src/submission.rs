@@ -5,6 +5,12 @@
 //! which goes through the same gateway as the HTTP API (`source: smtp`) and gets its
 //! `250` only once it is durable. The session decides the protocol; this file only does
 //! I/O, lookups and the rate limit.
+//!
+//! Once the daemon is shutting down (the engine loop's `accepting` flag is off) each
+//! session is told so before it reads more input or gets an answer: a new client is
+//! greeted `421 4.3.2`, an open session's next command is answered `421 4.3.2`, and a
+//! message already handed to the engine still gets its real answer (see
+//! `ServerSession::on_shutdown`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -209,6 +215,7 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
     config.auth_without_tls = peer.ip().is_loopback();
     config.trusted_client = trusted;
     let mut session = ServerSession::new(config, now());
+    note_shutdown(shared, &mut session);
     session.on_connected(now());
     tracing::debug!(%peer, trusted, "SMTP client connected");
     let mut messages = 0u32;
@@ -284,7 +291,10 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
                 session.on_disconnected(now());
                 break;
             }
-            Some(Ok(n)) => session.on_bytes(now(), &buf[..n]),
+            Some(Ok(n)) => {
+                note_shutdown(shared, &mut session);
+                session.on_bytes(now(), &buf[..n]);
+            }
         }
     }
     tracing::debug!(
@@ -293,6 +303,14 @@ async fn serve_client(shared: &Shared, stream: Async<TcpStream>, peer: SocketAdd
         ms = started.elapsed().as_millis() as u64,
         "SMTP client done"
     );
+}
+
+/// Tells the session when the daemon has begun shutting down: it then answers what the
+/// client says next with `421 4.3.2` and closes.
+fn note_shutdown(shared: &Shared, session: &mut ServerSession) {
+    if !shared.engine.accepting.load(Ordering::SeqCst) {
+        session.on_shutdown(now());
+    }
 }
 
 /// Answers one of the session's questions.
@@ -328,6 +346,7 @@ async fn answer(
                     None
                 }
             };
+            note_shutdown(shared, session);
             session.on_auth_result(now(), result);
         }
         ServerEvent::SenderCheck { domain } => {
@@ -345,6 +364,7 @@ async fn answer(
                     None
                 }
             };
+            note_shutdown(shared, session);
             session.on_sender_check(now(), result);
         }
         ServerEvent::Message {
@@ -361,6 +381,7 @@ async fn answer(
                     retry_after_s = wait,
                     "SMTP message rate limited"
                 );
+                note_shutdown(shared, session);
                 session.on_rate_limited(now());
                 return;
             }
@@ -387,6 +408,7 @@ async fn answer(
                 }
                 Err(e) => tracing::info!(code = %e.code, "SMTP message refused"),
             }
+            note_shutdown(shared, session);
             session.on_message_result(now(), result);
         }
     }
@@ -395,6 +417,140 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::AtomicBool;
+
+    use outpost_core::MessageId;
+    use outpost_core::io::Receipt;
+    use outpost_core::status::MessageStatus;
+
+    use crate::runtime::Msg;
+
+    /// A client of the listener: lines in, replies out.
+    struct Client {
+        reader: BufReader<TcpStream>,
+        writer: TcpStream,
+    }
+
+    impl Client {
+        fn connect(addr: SocketAddr) -> Client {
+            let writer = TcpStream::connect(addr).expect("connect");
+            writer
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let reader = BufReader::new(writer.try_clone().expect("clone"));
+            Client { reader, writer }
+        }
+        fn send(&mut self, text: &str) {
+            self.writer.write_all(text.as_bytes()).expect("write");
+        }
+        /// One reply (its lines up to the one with a space after the code).
+        fn reply(&mut self) -> String {
+            let mut all = String::new();
+            loop {
+                let mut line = String::new();
+                self.reader.read_line(&mut line).expect("read");
+                assert!(line.ends_with("\r\n"), "cut short: {all}{line:?}");
+                all.push_str(&line);
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return all;
+                }
+            }
+        }
+        /// The server closed the connection (after everything it sent was read).
+        fn closed(&mut self) -> bool {
+            let mut rest = Vec::new();
+            self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
+        }
+    }
+
+    const SHUTDOWN: &str =
+        "421 4.3.2 outpost.test Service shutting down, closing transmission channel\r\n";
+
+    /// Over the wire: a message handed to the engine before the shutdown keeps its real
+    /// answer; after it, the next command, and a new connection's greeting, get `421 4.3.2`
+    /// and the connection closes.
+    #[test]
+    fn shutdown_answers_421_and_keeps_the_answer_of_a_message_in_flight() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        store
+            .read(|c| query::create_key(c, "example.com", "00", "op_", now()))
+            .expect("tenant");
+        let (tx, rx) = async_channel::unbounded::<Msg>();
+        let accepting = Arc::new(AtomicBool::new(true));
+        let engine = LoopHandle {
+            tx,
+            accepting: accepting.clone(),
+        };
+        let settings = SubmissionSettings {
+            hostname: "outpost.test".to_string(),
+            max_message_size: 1024 * 1024,
+            max_recipients: 10,
+            trusted: parse_networks("127.0.0.0/8").expect("networks"),
+            tls: None,
+        };
+        let limiter = Arc::new(RateLimiter::new(Default::default()));
+        let addr = start(
+            "127.0.0.1:0".parse().expect("addr"),
+            settings,
+            store,
+            engine,
+            limiter,
+        )
+        .expect("listen");
+
+        // Before the shutdown: one client hands a message over (with a command pipelined
+        // behind it), another is between transactions.
+        let mut a = Client::connect(addr);
+        assert!(a.reply().starts_with("220 "));
+        a.send("EHLO a.test\r\n");
+        assert!(a.reply().starts_with("250-outpost.test"));
+        let mut b = Client::connect(addr);
+        assert!(b.reply().starts_with("220 "));
+        b.send("EHLO b.test\r\n");
+        assert!(b.reply().starts_with("250-outpost.test"));
+        a.send(
+            "MAIL FROM:<app@example.com>\r\nRCPT TO:<rcpt@dest.example>\r\nDATA\r\n\
+             Subject: hi\r\n\r\nhello\r\n.\r\nNOOP\r\n",
+        );
+        assert_eq!(a.reply(), "250 2.1.0 Ok\r\n");
+        assert_eq!(a.reply(), "250 2.1.5 Ok\r\n");
+        assert!(a.reply().starts_with("354 "));
+        let Ok(Msg::Submit(submission, answer)) = rx.recv_blocking() else {
+            panic!("no submission");
+        };
+        assert_eq!(submission.source, Source::Smtp);
+
+        // The daemon begins shutting down while the message is being stored.
+        accepting.store(false, Ordering::SeqCst);
+        answer
+            .send_blocking(Ok(Receipt {
+                id: MessageId(77),
+                message_id: "<m@example.com>".to_string(),
+                status: MessageStatus::Queued,
+                recipients: Vec::new(),
+            }))
+            .expect("answer");
+        assert_eq!(
+            a.reply(),
+            format!("250 2.0.0 Ok: queued as {}\r\n", MessageId(77))
+        );
+        assert_eq!(a.reply(), SHUTDOWN);
+        assert!(a.closed());
+
+        // The idle session: its next command.
+        b.send("MAIL FROM:<app@example.com>\r\n");
+        assert_eq!(b.reply(), SHUTDOWN);
+        assert!(b.closed());
+
+        // A new connection: greeted with the 421.
+        let mut c = Client::connect(addr);
+        assert_eq!(c.reply(), SHUTDOWN);
+        assert!(c.closed());
+        // Nothing more reached the engine.
+        assert!(rx.try_recv().is_err());
+    }
 
     #[test]
     fn networks_match() {

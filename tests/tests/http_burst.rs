@@ -1,5 +1,5 @@
-//! The HTTP API's server under a burst of keep-alive connections, and against curl
-//! (`Expect: 100-continue`, oversize bodies).
+//! The HTTP API's server under a burst of keep-alive connections, against curl
+//! (`Expect: 100-continue`, oversize bodies), and its timeouts as settings.
 //!
 //! The burst test is the regression test for tiny_http 0.12 (the API's server until it was
 //! replaced): its connection pool could queue a connection opened in a burst behind a
@@ -85,6 +85,56 @@ impl Conn {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `--http-idle-timeout`, `--http-body-timeout` and `OUTPOST_HTTP_HEADER_TIMEOUT` replace
+/// the defaults (60 s, 60 s, 10 s): each is seen to end a connection well before those.
+#[test]
+fn http_timeouts_are_settings() {
+    let d = Daemon::builder(scratch_dir("http-timeouts"))
+        .relay(free_port())
+        .args([
+            "--http-idle-timeout",
+            "300ms",
+            "--http-body-timeout",
+            "400ms",
+        ])
+        .env("OUTPOST_HTTP_HEADER_TIMEOUT", "400ms")
+        .start();
+    let quick = Duration::from_secs(5);
+
+    // An idle keep-alive connection is closed once the idle timeout has passed.
+    let mut c = Conn::open(&d.http, Duration::from_secs(20));
+    let (status, head, _) = c
+        .request("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("answer");
+    assert_eq!(status, 200);
+    assert!(!head.contains("connection: close"), "{head}");
+    let t = Instant::now();
+    assert_eq!(c.fill(), Err("connection closed".to_string()));
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(200) && idle < quick,
+        "closed after {idle:?}"
+    );
+
+    // A head that never ends: 408 after the header timeout.
+    let mut c = Conn::open(&d.http, Duration::from_secs(20));
+    let t = Instant::now();
+    let (status, _, _) = c
+        .request("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .expect("answer");
+    assert_eq!(status, 408);
+    assert!(t.elapsed() < quick, "408 after {:?}", t.elapsed());
+
+    // A body that never ends: 408 after the body timeout.
+    let mut c = Conn::open(&d.http, Duration::from_secs(20));
+    let t = Instant::now();
+    let (status, _, _) = c
+        .request("POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .expect("answer");
+    assert_eq!(status, 408);
+    assert!(t.elapsed() < quick, "408 after {:?}", t.elapsed());
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! 8BITMIME, 6531 SMTPUTF8, 4954 AUTH PLAIN/LOGIN, 2034/3463 enhanced status codes).
 //!
 //! The shell feeds it facts (`on_connected`, `on_bytes`, `on_tls_established`,
-//! `on_timer`, `on_disconnected`) and answers its questions (`on_auth_result`,
-//! `on_sender_check`, `on_message_result` / `on_rate_limited`), then drains
-//! [`ServerAction`]s (what to do on the connection) with `poll_action` and
+//! `on_timer`, `on_shutdown`, `on_disconnected`) and answers its questions
+//! (`on_auth_result`, `on_sender_check`, `on_message_result` / `on_rate_limited`), then
+//! drains [`ServerAction`]s (what to do on the connection) with `poll_action` and
 //! [`ServerEvent`]s (the questions) with `poll_event`, and arms a timer for `deadline()`.
 //! Drain both queues after every call.
 //!
@@ -33,6 +33,12 @@
 //!   timeout, or too much buffered input send their reply and then the action `Close`;
 //!   after it the session does nothing more, whatever arrives. `on_disconnected` ends it
 //!   silently (no `Close`).
+//! * Shutdown (RFC 5321 3.8, 4.2.3): after `on_shutdown` the greeting (if not sent yet),
+//!   the next command and the end of a DATA block not yet handed over are answered
+//!   `421 4.3.2 <hostname> Service shutting down, closing transmission channel`, then
+//!   `Close` (`QUIT` still gets its `221`). A question already asked keeps its real
+//!   answer: a message handed over in [`ServerEvent::Message`] is answered by its store
+//!   result, not by the `421`.
 //!
 //! # Not an open relay
 //!
@@ -311,6 +317,8 @@ pub struct ServerSession {
     txn: Option<(Txn, AuthedTenant)>,
     /// A MAIL FROM waiting for `on_sender_check`.
     pending_mail: Option<Txn>,
+    /// `on_shutdown` was called: what is read next is answered `421` and the session ends.
+    shutting_down: bool,
 }
 
 impl ServerSession {
@@ -348,6 +356,7 @@ impl ServerSession {
             last_now: now,
             txn: None,
             pending_mail: None,
+            shutting_down: false,
         }
     }
 
@@ -355,6 +364,10 @@ impl ServerSession {
     /// Only the first call counts.
     pub fn on_connected(&mut self, now: Time) {
         if self.phase != Phase::Init {
+            return;
+        }
+        if self.shutting_down {
+            self.shutdown_reply();
             return;
         }
         let greeting = format!("220 {} ESMTP outpost", self.host);
@@ -515,6 +528,17 @@ impl ServerSession {
         self.flush();
     }
 
+    /// The daemon is shutting down. From now on the greeting (if `on_connected` has not
+    /// come yet), the next command line, or the end of the DATA block being read is
+    /// answered `421 4.3.2 <hostname> Service shutting down, closing transmission channel`
+    /// and followed by `Close`; `QUIT` still gets `221 2.0.0 Bye`. An outstanding
+    /// question is answered as usual (`on_message_result` tells the client the store's
+    /// result for a message already handed over); the command after it gets the `421`.
+    /// Nothing is sent by this call itself (the client hears it at its next command).
+    pub fn on_shutdown(&mut self, _now: Time) {
+        self.shutting_down = true;
+    }
+
     /// The client closed or the connection broke: the session ends without `Close`;
     /// queued actions and events not yet taken are dropped, and an outstanding question's
     /// answer will be ignored (a message already handed over may still be submitted; the
@@ -627,6 +651,16 @@ impl ServerSession {
         }
     }
 
+    /// `421 4.3.2` (shutting down) and `Close`.
+    fn shutdown_reply(&mut self) {
+        let line = format!(
+            "421 4.3.2 {} Service shutting down, closing transmission channel",
+            self.host
+        );
+        self.reply(&line);
+        self.close();
+    }
+
     fn close(&mut self) {
         if self.phase == Phase::Closed {
             return;
@@ -699,7 +733,9 @@ impl ServerSession {
                     self.pos += i + 1;
                     self.discarding = false;
                     self.arm_command(now);
-                    if self.auth_step.take().is_some() {
+                    if self.shutting_down {
+                        self.shutdown_reply();
+                    } else if self.auth_step.take().is_some() {
                         self.error("500 5.5.2 Error: line too long; authentication aborted");
                     } else {
                         self.error("500 5.5.2 Error: line too long");
@@ -765,6 +801,10 @@ impl ServerSession {
             self.reply("451 4.3.0 Error: internal state, try again later");
             return;
         };
+        if self.shutting_down {
+            // Not handed over yet, so not stored: the client keeps it and retries.
+            return self.shutdown_reply();
+        }
         match reader.finish() {
             Ok((data, eight_bit)) => {
                 self.events.push_back(ServerEvent::Message {
@@ -788,6 +828,16 @@ impl ServerSession {
 
     fn on_line(&mut self, now: Time, raw: &[u8]) {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if self.shutting_down {
+            let quit = self.auth_step.is_none()
+                && std::str::from_utf8(raw)
+                    .is_ok_and(|l| l.trim_end_matches([' ', '\t']).eq_ignore_ascii_case("QUIT"));
+            if quit {
+                self.reply("221 2.0.0 Bye");
+                return self.close();
+            }
+            return self.shutdown_reply();
+        }
         if let Some(step) = self.auth_step.take() {
             self.on_auth_response(step, raw);
             return;

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value, json};
 
 use super::http::{ApiError, Query, deny_unknown, opt_field, parse_object};
+use super::routes::accepting;
 use super::server::Request;
 use super::{Caller, Ctx, Reply, authenticate, validate};
 use crate::dkim::Domains;
@@ -60,18 +61,6 @@ fn key_error(e: KeyError) -> ApiError {
     }
 }
 
-fn writable(ctx: &Ctx) -> Result<(), ApiError> {
-    if ctx.gateway.accepting() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            503,
-            "shutting_down",
-            "the daemon is shutting down",
-        ))
-    }
-}
-
 pub(crate) fn get(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
     q.finish()?;
@@ -81,7 +70,7 @@ pub(crate) fn get(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
 /// `{"selector"?, "algorithms"?}` generates keys; `{"selector"?, "private_key": PEM}` imports.
 pub(crate) fn create_dkim(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
-    writable(ctx)?;
+    accepting(ctx)?;
     q.finish()?;
     let mut map = if req.body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
@@ -150,7 +139,7 @@ pub(crate) fn create_dkim(ctx: &Ctx, req: &Request, q: Query, domain: &str) -> R
 
 pub(crate) fn retire_dkim(ctx: &Ctx, req: &Request, q: Query, domain: &str, selector: &str) -> Res {
     let (domain, domains) = authorize(ctx, req, domain)?;
-    writable(ctx)?;
+    accepting(ctx)?;
     q.finish()?;
     let retired = domains.keys.retire(&domain, selector).map_err(key_error)?;
     for s in &retired {

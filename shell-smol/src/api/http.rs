@@ -16,6 +16,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// Seconds for a `Retry-After` header (429 from the rate limiter).
     pub retry_after: Option<u64>,
+    /// The `Allow` header of a 405: the methods the path does accept.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -26,10 +28,15 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            allow: None,
         }
     }
     pub fn field(mut self, field: &str) -> ApiError {
         self.field = Some(field.to_string());
+        self
+    }
+    pub fn allow(mut self, methods: &'static str) -> ApiError {
+        self.allow = Some(methods);
         self
     }
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {

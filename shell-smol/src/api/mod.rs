@@ -16,7 +16,7 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use outpost_core::TenantId;
 use sha2::{Digest, Sha256};
@@ -53,6 +53,14 @@ pub struct ApiSettings {
     pub metrics: Option<MetricsRenderer>,
     /// DKIM keys and DNS records (`/v1/domains`); 404 when `None`.
     pub domains: Option<Arc<crate::dkim::Domains>>,
+    /// How long a request's head may take (and a new connection's first byte). Default
+    /// 10 s; past it 408 (or, before any byte, a quiet close).
+    pub header_timeout: Duration,
+    /// How long a request's body may take after its head. Default 60 s; past it 408.
+    pub body_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request. Default 60 s;
+    /// past it the connection is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ApiSettings {
@@ -64,6 +72,9 @@ impl Default for ApiSettings {
             rate_limiter: None,
             metrics: None,
             domains: None,
+            header_timeout: server::DEFAULT_HEADER_TIMEOUT,
+            body_timeout: server::DEFAULT_BODY_TIMEOUT,
+            idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -77,6 +88,9 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limiter", &self.rate_limiter.is_some())
             .field("metrics", &self.metrics.is_some())
             .field("domains", &self.domains.is_some())
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -143,6 +157,9 @@ pub fn serve(
     let config = server::Config {
         max_connections: settings.max_connections.max(1),
         max_body: settings.max_body_bytes,
+        header_timeout: settings.header_timeout,
+        body_timeout: settings.body_timeout,
+        idle_timeout: settings.idle_timeout,
         ..server::Config::default()
     };
     let ctx = Arc::new(Ctx {
@@ -188,9 +205,9 @@ impl Reply {
 fn handle(ctx: &Ctx, req: &Request) -> server::Response {
     let started = Instant::now();
     let (route, result) = routes::dispatch(ctx, req);
-    let (status, body, retry_after) = match result {
-        Ok(r) => (r.status, r.body, None),
-        Err(e) => (e.status, Body::Json(e.body()), e.retry_after),
+    let (status, body, retry_after, allow) = match result {
+        Ok(r) => (r.status, r.body, None, None),
+        Err(e) => (e.status, Body::Json(e.body()), e.retry_after, e.allow),
     };
     let (bytes, content_type) = match body {
         Body::Json(b) => {
@@ -204,6 +221,9 @@ fn handle(ctx: &Ctx, req: &Request) -> server::Response {
     let mut response = server::Response::new(status, content_type, bytes);
     if let Some(secs) = retry_after {
         response = response.header("Retry-After", secs.to_string());
+    }
+    if let Some(methods) = allow {
+        response = response.header("Allow", methods);
     }
     tracing::debug!(
         route,

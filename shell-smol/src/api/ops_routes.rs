@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::http::{ApiError, Query};
 use super::routes::{
-    accepting, admin, admin_error, message_detail, suppress, suppressions_page, unsuppress,
+    DELETE, GET, GET_POST, POST, accepting, admin, admin_error, message_detail, suppress,
+    suppressions_page, unsuppress,
 };
 use super::server::Request;
 use super::{Ctx, Reply, validate};
@@ -16,15 +17,15 @@ use crate::store::query::{self, Tenant};
 
 type Res = Result<Reply, ApiError>;
 
-pub(super) fn known_path(s: &[&str]) -> bool {
-    matches!(
-        s,
-        ["v1", "admin", "messages", _]
-            | ["v1", "admin", "messages", _, "retry"]
-            | ["v1", "admin", "messages", _, "cancel"]
-            | ["v1", "admin", "suppressions"]
-            | ["v1", "admin", "suppressions", _]
-    )
+/// The methods these paths answer (the `Allow` header of a 405); `None`: not one of them.
+pub(super) fn allowed_methods(s: &[&str]) -> Option<&'static str> {
+    Some(match s {
+        ["v1", "admin", "messages", _] => GET,
+        ["v1", "admin", "messages", _, "retry"] | ["v1", "admin", "messages", _, "cancel"] => POST,
+        ["v1", "admin", "suppressions"] => GET_POST,
+        ["v1", "admin", "suppressions", _] => DELETE,
+        _ => return None,
+    })
 }
 
 fn message_id(id: &str) -> Result<MessageId, ApiError> {

@@ -103,42 +103,47 @@ pub(crate) fn dispatch(ctx: &Ctx, req: &Request) -> (&'static str, Res) {
             "admin.suppressions.remove",
             ops_routes::remove_suppression(ctx, req, q, a),
         ),
-        (_, path) if known_path(path) || ops_routes::known_path(path) => (
-            "method_not_allowed",
-            Err(ApiError::new(
-                405,
+        (_, path) => match allowed_methods(path) {
+            // RFC 9110 15.5.6: a 405 names the methods the resource does accept.
+            Some(allow) => (
                 "method_not_allowed",
-                "method not allowed",
-            )),
-        ),
-        _ => ("not_found", Err(ApiError::not_found())),
+                Err(ApiError::new(405, "method_not_allowed", "method not allowed").allow(allow)),
+            ),
+            None => ("not_found", Err(ApiError::not_found())),
+        },
     }
 }
 
-fn known_path(s: &[&str]) -> bool {
-    matches!(
-        s,
-        ["healthz"]
-            | ["readyz"]
-            | ["metrics"]
-            | ["v1", "keys"]
-            | ["v1", "messages"]
-            | ["v1", "messages", _]
-            | ["v1", "events"]
-            | ["v1", "suppressions"]
-            | ["v1", "suppressions", _]
-            | ["v1", "webhooks"]
-            | ["v1", "webhooks", _]
-            | ["v1", "webhooks", _, "deliveries"]
-            | ["v1", "webhooks", _, "rotate-secret"]
-            | ["v1", "webhooks", _, "deliveries", _, "retry"]
-            | ["v1", "admin", "queue"]
-            | ["v1", "admin", "breakers"]
-            | ["v1", "admin", "breakers", _]
-            | ["v1", "domains", _]
-            | ["v1", "domains", _, "dkim"]
-            | ["v1", "domains", _, "dkim", _]
-    )
+/// `Allow` values. HEAD goes wherever GET does (`dispatch` answers it as GET).
+pub(super) const GET: &str = "GET, HEAD";
+pub(super) const POST: &str = "POST";
+pub(super) const DELETE: &str = "DELETE";
+pub(super) const GET_POST: &str = "GET, HEAD, POST";
+
+/// The methods a known path answers, as an `Allow` header value (for its 405); `None`
+/// for a path no route serves (404). Must list what `dispatch` matches (a test checks
+/// each route).
+pub(super) fn allowed_methods(s: &[&str]) -> Option<&'static str> {
+    Some(match s {
+        ["healthz"] | ["readyz"] | ["metrics"] => GET,
+        ["v1", "keys"] => POST,
+        ["v1", "messages"] => GET_POST,
+        ["v1", "messages", _] => GET,
+        ["v1", "events"] => GET,
+        ["v1", "suppressions"] => GET_POST,
+        ["v1", "suppressions", _] => DELETE,
+        ["v1", "webhooks"] => GET_POST,
+        ["v1", "webhooks", _] => DELETE,
+        ["v1", "webhooks", _, "deliveries"] => GET,
+        ["v1", "webhooks", _, "rotate-secret"] => POST,
+        ["v1", "webhooks", _, "deliveries", _, "retry"] => POST,
+        ["v1", "admin", "queue"] | ["v1", "admin", "breakers"] => GET,
+        ["v1", "admin", "breakers", _] => POST,
+        ["v1", "domains", _] => GET,
+        ["v1", "domains", _, "dkim"] => POST,
+        ["v1", "domains", _, "dkim", _] => DELETE,
+        _ => return ops_routes::allowed_methods(s),
+    })
 }
 
 fn now() -> Time {
@@ -331,13 +336,11 @@ fn send(ctx: &Ctx, req: &Request, q: Query) -> Res {
                 .map_err(|_| ApiError::unavailable("could not render the receipt"))?;
             Ok(Reply::json(202, body))
         }
-        Err(e) => Err(ApiError {
-            status: e.kind.http_status(),
-            code: e.code,
-            message: e.message,
-            field: e.field,
-            retry_after: None,
-        }),
+        Err(e) => {
+            let mut err = ApiError::new(e.kind.http_status(), &e.code, e.message);
+            err.field = e.field;
+            Err(err)
+        }
     }
 }
 

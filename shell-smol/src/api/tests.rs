@@ -325,6 +325,168 @@ fn health_readiness_and_shutdown() {
 }
 
 #[test]
+fn domain_key_changes_answer_503_while_shutting_down() {
+    let keys = tempfile::tempdir().unwrap();
+    let domains =
+        crate::dkim::Domains::open(keys.path(), Default::default(), None, Vec::new()).unwrap();
+    let h = harness_with(ApiSettings {
+        max_body_bytes: 64 * 1024,
+        max_connections: 8,
+        domains: Some(domains),
+        ..ApiSettings::default()
+    });
+    let key = h.new_key("example.com");
+    let other = h.new_key("other.example");
+    h.engine.accepting.store(false, Ordering::SeqCst);
+    // Adding and retiring keys change state: refused like every other write.
+    let (s, v) = h.post(
+        "/v1/domains/example.com/dkim",
+        &key,
+        json!({"selector": "s2"}),
+    );
+    assert_eq!((s, code(&v)), (503, "shutting_down"), "{v}");
+    let (s, v) = h.call(
+        "DELETE",
+        "/v1/domains/example.com/dkim/s1",
+        Some(&key),
+        None,
+    );
+    assert_eq!((s, code(&v)), (503, "shutting_down"), "{v}");
+    // The caller is still checked first: another tenant's domain stays a 404.
+    let (s, _) = h.post("/v1/domains/example.com/dkim", &other, json!({}));
+    assert_eq!(s, 404);
+}
+
+/// One request over a fresh connection (any method): status, `Allow` header, body.
+fn raw_call(h: &Harness, method: &str, path: &str, key: &str) -> (u16, Option<String>, Value) {
+    let mut tcp = TcpStream::connect(h.api.as_ref().unwrap().local_addr()).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    let allow = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("allow"))
+        .map(|(_, v)| v.trim().to_string());
+    (
+        status,
+        allow,
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn method_not_allowed_names_the_allowed_methods() {
+    let h = harness();
+    let key = h.new_key("example.com");
+    for (method, path, allow) in [
+        ("DELETE", "/v1/messages", "GET, HEAD, POST"),
+        ("PUT", "/v1/keys", "POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+        // Routes with a path parameter.
+        (
+            "POST",
+            "/v1/messages/01J0000000000000000000000",
+            "GET, HEAD",
+        ),
+        ("GET", "/v1/suppressions/a%40dest.example", "DELETE"),
+        ("PATCH", "/v1/webhooks/w1/deliveries/e1/retry", "POST"),
+        ("DELETE", "/v1/admin/messages/m1/cancel", "POST"),
+        ("HEAD", "/v1/admin/suppressions/a%40dest.example", "DELETE"),
+    ] {
+        let (status, got, body) = raw_call(&h, method, path, &key);
+        assert_eq!(status, 405, "{method} {path}");
+        assert_eq!(got.as_deref(), Some(allow), "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(code(&body), "method_not_allowed", "{method} {path}");
+        }
+    }
+    // Other answers have no Allow header; an unknown path is a 404 whatever the method.
+    assert_eq!(raw_call(&h, "GET", "/healthz", &key).1, None);
+    assert_eq!(raw_call(&h, "PUT", "/v1/nope", &key).0, 404);
+    assert_eq!(raw_call(&h, "PUT", "/v1/nope", &key).1, None);
+}
+
+/// `allowed_methods` (the Allow header) lists exactly the methods `dispatch` routes, for
+/// every route.
+#[test]
+fn allowed_methods_match_the_routes() {
+    use server::{Method, Version};
+    let h = harness();
+    let ctx = Ctx {
+        store: h.store.clone(),
+        gateway: h.engine.clone(),
+        admin_key_hash: None,
+        settings: ApiSettings::default(),
+    };
+    let methods = [
+        (Method::Get, "GET"),
+        (Method::Head, "HEAD"),
+        (Method::Post, "POST"),
+        (Method::Put, "PUT"),
+        (Method::Delete, "DELETE"),
+        (Method::Patch, "PATCH"),
+        (Method::Options, "OPTIONS"),
+    ];
+    let paths = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/keys",
+        "/v1/messages",
+        "/v1/messages/m1",
+        "/v1/events",
+        "/v1/suppressions",
+        "/v1/suppressions/a%40b.example",
+        "/v1/webhooks",
+        "/v1/webhooks/w1",
+        "/v1/webhooks/w1/deliveries",
+        "/v1/webhooks/w1/rotate-secret",
+        "/v1/webhooks/w1/deliveries/e1/retry",
+        "/v1/admin/queue",
+        "/v1/admin/breakers",
+        "/v1/admin/breakers/d.example",
+        "/v1/admin/messages/m1",
+        "/v1/admin/messages/m1/retry",
+        "/v1/admin/messages/m1/cancel",
+        "/v1/admin/suppressions",
+        "/v1/admin/suppressions/a%40b.example",
+        "/v1/domains/example.com",
+        "/v1/domains/example.com/dkim",
+        "/v1/domains/example.com/dkim/s1",
+    ];
+    for path in paths {
+        let (segs, _) = http::split_url(path).unwrap();
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let allow = routes::allowed_methods(&segs).unwrap_or_else(|| panic!("{path}"));
+        for (method, name) in methods {
+            let req = Request {
+                method,
+                target: path.to_string(),
+                version: Version::Http11,
+                headers: Vec::new(),
+                body: Vec::new(),
+                peer: "127.0.0.1:1".parse().unwrap(),
+            };
+            let (route, _) = routes::dispatch(&ctx, &req);
+            let listed = allow.split(", ").any(|m| m == name);
+            assert_eq!(
+                route != "method_not_allowed",
+                listed,
+                "{name} {path}: routed as {route}, Allow: {allow}"
+            );
+        }
+    }
+    assert_eq!(routes::allowed_methods(&["v1", "nope"]), None);
+}
+
+#[test]
 fn keys_are_shown_once_and_stored_hashed() {
     let h = harness();
     let (s, v) = h.post("/v1/keys", ADMIN, json!({"domain": "Example.COM"}));

@@ -31,6 +31,13 @@ pub use parse::{Method, Request, Version};
 /// Answers one request. Runs on the connection's thread; may block.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
+/// Default [`Config::header_timeout`] (`outpost serve --http-header-timeout`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Config::body_timeout`] (`--http-body-timeout`).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Config::idle_timeout`] (`--http-idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Limits and timeouts.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -58,9 +65,9 @@ impl Default for Config {
         Config {
             max_connections: 512,
             max_body: 10 * 1024 * 1024,
-            header_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(60),
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             write_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             stack_size: DEFAULT_STACK,
