@@ -210,6 +210,8 @@ pub struct Stats {
     pub persist_failures: u64,
     pub breaker_opened: u64,
     pub connections_opened: u64,
+    /// Idle destination entries dropped (`forget_idle_destinations`).
+    pub destinations_forgotten: u64,
 }
 
 /// A destination's circuit breaker, for `GET /v1/admin/breakers`.
@@ -586,7 +588,9 @@ impl Engine {
         if self.never_forget_destinations {
             return;
         }
+        let before = self.dests.len();
         self.dests.retain(|_, d| !d.is_forgettable(now));
+        self.stats.destinations_forgotten += (before - self.dests.len()) as u64;
     }
 
     fn on_spool_scanned(
