@@ -64,6 +64,17 @@ impl Breaker {
         !self.forced_open && self.open_until.is_none()
     }
 
+    /// Closed with nothing counted: every decision it makes from here on is the one a new
+    /// `Breaker::default()` would make. Only `opened_at` and `last_failure` may differ,
+    /// and they explain the past without deciding anything, so the engine may drop such
+    /// a breaker and start a fresh one when the destination comes back.
+    pub fn is_idle(&self) -> bool {
+        self.is_closed()
+            && self.consecutive_failures == 0
+            && self.open_streak == 0
+            && !self.probe_in_flight
+    }
+
     /// Whether a new connection may be opened now. A `Probe` admission must be followed by
     /// `start_probe`.
     pub fn admission(&self, now: Time) -> Admission {
@@ -412,7 +423,85 @@ mod tests {
         assert_eq!(open_domains(&w, now), ["down.example".to_string()].into());
     }
 
+    #[test]
+    fn idle_only_when_closed_with_nothing_counted() {
+        let c = cfg();
+        let t = Time::from_secs(1_000_000);
+        let mut b = Breaker::default();
+        assert!(b.is_idle());
+        b.on_failure(t, "421 busy", &c);
+        assert!(!b.is_idle(), "one failure counts towards the next decision");
+        b.on_success();
+        assert!(b.is_idle());
+        assert_eq!(
+            b.last_failure(),
+            Some("421 busy"),
+            "kept for the record only"
+        );
+        for _ in 0..c.failure_threshold {
+            b.on_failure(t, "x", &c);
+        }
+        assert!(!b.is_idle(), "open");
+        let half_open = t.plus(c.open_initial);
+        assert_eq!(b.state(half_open), BreakerState::HalfOpen);
+        assert!(!b.is_idle(), "half-open");
+        b.force(true, t);
+        assert!(!b.is_idle(), "forced open");
+        b.force(false, t);
+        assert!(b.is_idle());
+    }
+
     proptest! {
+        /// An idle breaker may be swapped for a new one at any point without changing a
+        /// decision: the engine forgets idle destinations and recreates them on demand.
+        #[test]
+        fn an_idle_breaker_decides_like_a_new_one(
+            steps in proptest::collection::vec((0u8..6, 0u64..1200, any::<bool>()), 1..300)
+        ) {
+            let c = cfg();
+            let mut kept = Breaker::default();
+            let mut renewed = Breaker::default();
+            let mut now = Time::from_secs(1_000_000);
+            for (op, dt, forget) in steps {
+                now = now.plus(Duration::from_secs(dt));
+                if forget && renewed.is_idle() {
+                    renewed = Breaker::default();
+                }
+                match op {
+                    0 => prop_assert_eq!(
+                        kept.on_failure(now, "f", &c),
+                        renewed.on_failure(now, "f", &c)
+                    ),
+                    1 => {
+                        kept.on_success();
+                        renewed.on_success();
+                    }
+                    2 => {
+                        let a = kept.admission(now);
+                        prop_assert_eq!(a, renewed.admission(now));
+                        if a == Admission::Probe {
+                            kept.start_probe();
+                            renewed.start_probe();
+                        }
+                    }
+                    3 => {
+                        kept.cancel_probe();
+                        renewed.cancel_probe();
+                    }
+                    4 => {
+                        kept.force(dt % 2 == 0, now);
+                        renewed.force(dt % 2 == 0, now);
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(kept.state(now), renewed.state(now));
+                prop_assert_eq!(kept.admission(now), renewed.admission(now));
+                prop_assert_eq!(kept.next_probe_at(), renewed.next_probe_at());
+                prop_assert_eq!(kept.consecutive_failures(), renewed.consecutive_failures());
+                prop_assert_eq!(kept.is_idle(), renewed.is_idle());
+            }
+        }
+
         /// Whatever the sequence, an open breaker never admits, and half-open admits one.
         #[test]
         fn never_admits_when_open(steps in proptest::collection::vec((0u8..4, 0u64..1200), 1..200)) {

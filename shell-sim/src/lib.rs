@@ -100,6 +100,8 @@ pub struct Summary {
     pub orphans_deleted: u64,
     pub scans_failed: u64,
     pub hard_bounces_checked: u64,
+    /// Idle destination entries the engine forgot (and recreated when mail came again).
+    pub destinations_forgotten: u64,
     pub steps: u64,
     /// Hash of every input and output of the run (XOR-combined over seeds).
     pub digest: u64,
@@ -135,6 +137,7 @@ impl Summary {
         self.orphans_deleted += o.orphans_deleted;
         self.scans_failed += o.scans_failed;
         self.hard_bounces_checked += o.hard_bounces_checked;
+        self.destinations_forgotten += o.destinations_forgotten;
         self.steps += o.steps;
         self.digest ^= o.digest;
         for (k, n) in &o.allowed {

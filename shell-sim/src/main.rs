@@ -238,8 +238,13 @@ fn describe(s: &Summary) -> String {
         s.steps
     );
     out.push_str(&format!(
-        "; check coverage: warm-up comparisons {}, half-open probes {}, orphan files deleted {}, failed spool scans {}, 5.1.1 bounces checked {}",
-        s.warmup_checks, s.probes, s.orphans_deleted, s.scans_failed, s.hard_bounces_checked
+        "; check coverage: warm-up comparisons {}, half-open probes {}, orphan files deleted {}, failed spool scans {}, 5.1.1 bounces checked {}, idle destinations forgotten {}",
+        s.warmup_checks,
+        s.probes,
+        s.orphans_deleted,
+        s.scans_failed,
+        s.hard_bounces_checked,
+        s.destinations_forgotten
     ));
     if !s.allowed.is_empty() {
         out.push_str(&format!("; allowed findings: {:?}", s.allowed));

@@ -2135,6 +2135,7 @@ impl Sim {
         let restart = self.ms(0, 2000);
         self.now = self.now.plus(restart);
         let seed = self.rng.random::<u64>();
+        self.sum.destinations_forgotten += self.engine.stats().destinations_forgotten;
         self.engine = Engine::new(self.cfg.clone(), seed);
         let snap = self.store.snapshot(self.now, &self.cfg);
         let threshold = self.cfg.breaker.failure_threshold;
@@ -2436,6 +2437,25 @@ impl Sim {
                     ),
                 );
             }
+        }
+        // Invariant 8: idle destinations are forgotten. Hours after the last delivery, the engine
+        // holds a destination only for a breaker that still has something to say (open,
+        // half-open, forced, or counting failures), never for every domain it mailed.
+        self.sum.destinations_forgotten += self.engine.stats().destinations_forgotten;
+        let held = self.engine.destinations();
+        let breakers = self.engine.breakers(self.now);
+        if held != breakers.len() {
+            let listed: Vec<String> = breakers
+                .iter()
+                .map(|b| format!("{} ({})", b.domain, b.state))
+                .collect();
+            return v(
+                "8 destinations",
+                format!(
+                    "the engine holds {held} destinations after the drain, but only {} have breaker state to keep: {listed:?}",
+                    breakers.len()
+                ),
+            );
         }
         Ok(())
     }

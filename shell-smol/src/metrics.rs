@@ -176,6 +176,7 @@ impl Counters {
         webhook_backlog: usize,
         pending_recipients: usize,
         open_connections: usize,
+        destinations: usize,
         draining: bool,
     ) -> Snapshot {
         Snapshot {
@@ -191,6 +192,7 @@ impl Counters {
             webhook_backlog,
             pending_recipients,
             open_connections,
+            destinations,
             draining,
         }
     }
@@ -211,6 +213,7 @@ pub struct Snapshot {
     webhook_backlog: usize,
     pending_recipients: usize,
     open_connections: usize,
+    destinations: usize,
     draining: bool,
 }
 
@@ -313,6 +316,11 @@ pub fn render(s: &Snapshot, store: Option<&Store>) -> String {
             "connections_opened_total",
             "SMTP connections opened.",
             st.connections_opened,
+        ),
+        (
+            "destinations_forgotten_total",
+            "Idle destination domains whose state the engine dropped.",
+            st.destinations_forgotten,
         ),
     ] {
         o.single(name, "counter", help, v);
@@ -452,6 +460,13 @@ pub fn render(s: &Snapshot, store: Option<&Store>) -> String {
         "gauge",
         "Outbound SMTP connections open.",
         s.open_connections,
+    );
+    // Should follow the domains in use, not grow with every domain ever mailed.
+    o.single(
+        "destinations",
+        "gauge",
+        "Destination domains the engine holds state for (work, connections, a cached route, breaker or rate state).",
+        s.destinations,
     );
     o.single(
         "draining",

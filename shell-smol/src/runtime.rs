@@ -273,6 +273,7 @@ impl Runtime {
                     self.engine.webhook_backlog(),
                     self.engine.pending_recipients(),
                     self.conns.len(),
+                    self.engine.destinations(),
                     self.draining.is_some(),
                 );
                 let _ = reply.try_send(snapshot);

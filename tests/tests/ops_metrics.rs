@@ -163,6 +163,9 @@ fn metrics_parse_and_match_what_was_sent() {
     assert!(v("outpost_process_resident_memory_bytes", &[]) > 1_000_000.0);
     assert_eq!(v("outpost_webhook_backlog", &[]), 0.0);
     assert_eq!(v("outpost_breakers_open", &[]), 0.0);
+    // Every recipient was for dest.example, which still has the deferred one.
+    assert_eq!(v("outpost_destinations", &[]), 1.0);
+    assert_eq!(v("outpost_destinations_forgotten_total", &[]), 0.0);
 
     // A forced-open breaker shows.
     let (s2, _) = d.post(

@@ -41,6 +41,45 @@ pub(crate) struct Dest {
     pub sent: VecDeque<Time>,
 }
 
+impl Dest {
+    /// Whether this entry holds nothing a new `Dest::default()` would not, so that the
+    /// engine may forget it and recreate it when the domain next gets a recipient without
+    /// any decision coming out differently:
+    /// - no recipient ready and no connection (waiting for DNS, connecting or open);
+    /// - no `Timer::Dest` pending (it would pump a destination that is no longer there:
+    ///   harmless, but a forgotten entry should leave nothing behind);
+    /// - the route is not being resolved (the answer must find the `Resolving` state) and
+    ///   not cached: an unexpired route is reused by the next connection, where a new
+    ///   entry would look the MX up again (another query, another draw of the RNG for the
+    ///   order of equal-preference hosts). An expired route is never used again: the next
+    ///   connection resolves anew either way. A host address still being looked up
+    ///   keeps the entry too: nothing is forgotten while its DNS answer is outstanding;
+    /// - the breaker is idle (`Breaker::is_idle`: closed, no failure counted, no probe);
+    ///   an open or half-open one, or a failure count that the next failure adds to, is
+    ///   kept until a success (or an operator) closes it;
+    /// - the message-rate window holds no transaction of the last minute: older ones
+    ///   are never counted again (`rate_wait` drops them first). This assumes `now` does
+    ///   not go backwards, like every other timer of the engine.
+    pub fn is_forgettable(&self, now: Time) -> bool {
+        let route_done = match &self.route {
+            Route::Unknown => true,
+            Route::Resolving => false,
+            Route::Ready { hosts, expires } => {
+                *expires <= now && !hosts.iter().any(|h| matches!(h.addrs, Addrs::Resolving))
+            }
+        };
+        self.ready.is_empty()
+            && self.conns.is_empty()
+            && self.timer_at.is_none()
+            && route_done
+            && self.breaker.is_idle()
+            && self
+                .sent
+                .back()
+                .is_none_or(|t| now.since(*t) >= RATE_WINDOW)
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Route {
     #[default]

@@ -166,6 +166,10 @@ pub struct Engine {
     /// Shared strings (recipient domains, envelope senders), pruned of unused ones at each
     /// spool scan.
     pub(crate) names: BTreeSet<Arc<str>>,
+    /// One entry per destination domain with something to remember (work, connections,
+    /// a cached route, breaker or rate state); idle ones are forgotten at each spool scan
+    /// (`forget_idle_destinations`), so the map follows the domains in use, not every
+    /// domain ever mailed.
     pub(crate) dests: BTreeMap<String, Dest>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     pub(crate) queries: BTreeMap<QueryId, PendingQuery>,
@@ -187,6 +191,9 @@ pub struct Engine {
     pub(crate) recovered: bool,
     pub(crate) spool_scan_in_flight: bool,
     pub(crate) stats: Stats,
+    /// Tests compare an engine that forgets idle destinations with one that never does.
+    #[cfg(test)]
+    pub(crate) never_forget_destinations: bool,
 }
 
 /// Counters for metrics and the simulator's report.
@@ -203,6 +210,8 @@ pub struct Stats {
     pub persist_failures: u64,
     pub breaker_opened: u64,
     pub connections_opened: u64,
+    /// Idle destination entries dropped (`forget_idle_destinations`).
+    pub destinations_forgotten: u64,
 }
 
 /// A destination's circuit breaker, for `GET /v1/admin/breakers`.
@@ -263,6 +272,8 @@ impl Engine {
             recovered: false,
             spool_scan_in_flight: false,
             stats: Stats::default(),
+            #[cfg(test)]
+            never_forget_destinations: false,
         }
     }
 
@@ -346,10 +357,20 @@ impl Engine {
         self.batches.len()
     }
 
+    /// Destination entries held (metrics, tests): the domains with work, connections, a
+    /// cached route, or breaker or rate state (see `Dest::is_forgettable`).
+    pub fn destinations(&self) -> usize {
+        self.dests.len()
+    }
+
+    /// Breakers that are not plainly closed: open, half-open, forced, or closed with
+    /// failures counted. An idle breaker (closed, nothing counted) is left out even while
+    /// its destination is still held, so that the list does not depend on when idle
+    /// destinations were last forgotten.
     pub fn breakers(&self, now: Time) -> Vec<BreakerView> {
         self.dests
             .iter()
-            .filter(|(_, d)| d.breaker != Breaker::default())
+            .filter(|(_, d)| !d.breaker.is_idle())
             .map(|(domain, d)| breaker_view(domain, &d.breaker, now))
             .collect()
     }
@@ -549,10 +570,27 @@ impl Engine {
             self.emit(Output::ScanSpool);
         }
         self.prune_idempotency(now);
+        self.forget_idle_destinations(now);
         // Shared strings no message holds any more.
         self.names.retain(|a| Arc::strong_count(a) > 1);
         let next = now.plus(self.cfg.spool_cleanup_interval);
         self.set_timer(next, Timer::SpoolScan);
+    }
+
+    /// Drops the destinations that hold nothing (`Dest::is_forgettable`); one that comes
+    /// back later starts from `Dest::default()` and behaves as if it had been kept.
+    /// Periodic rather than when a destination's last recipient or connection leaves:
+    /// at that moment its route is usually still cached, and what keeps an entry (route
+    /// expiry, the rate window, breaker timers) runs out with time, not with an event.
+    /// One pass over the map per spool scan, like the pruning of interned names.
+    fn forget_idle_destinations(&mut self, now: Time) {
+        #[cfg(test)]
+        if self.never_forget_destinations {
+            return;
+        }
+        let before = self.dests.len();
+        self.dests.retain(|_, d| !d.is_forgettable(now));
+        self.stats.destinations_forgotten += (before - self.dests.len()) as u64;
     }
 
     fn on_spool_scanned(

@@ -116,6 +116,11 @@ struct World {
     admin: BTreeMap<RequestId, Result<crate::io::AdminReply, crate::io::AdminError>>,
     log: Vec<String>,
     next_req: u64,
+    /// After every input, forget each destination that may be forgotten at that moment,
+    /// instead of at the engine's own sweeps (to show that when it happens is invisible).
+    forget_eagerly: bool,
+    /// Destination entries dropped that way.
+    forgotten: usize,
 }
 
 fn ip(n: u8) -> IpAddr {
@@ -150,6 +155,8 @@ impl World {
             admin: BTreeMap::new(),
             log: Vec::new(),
             next_req: 1,
+            forget_eagerly: false,
+            forgotten: 0,
         };
         w.add_domain(
             "example.org",
@@ -207,8 +214,17 @@ impl World {
     fn input(&mut self, input: Input) {
         self.log
             .push(format!("{:?} <- {:?}", self.now, input_summary(&input)));
-        self.engine.handle(self.now, input);
+        self.handle(input);
         self.drain();
+    }
+
+    fn handle(&mut self, input: Input) {
+        self.engine.handle(self.now, input);
+        if self.forget_eagerly {
+            let (now, before) = (self.now, self.engine.dests.len());
+            self.engine.dests.retain(|_, d| !d.is_forgettable(now));
+            self.forgotten += before - self.engine.dests.len();
+        }
     }
 
     /// Carries out outputs until the engine has nothing more to say right now.
@@ -226,7 +242,7 @@ impl World {
             for i in std::mem::take(&mut queue) {
                 self.log
                     .push(format!("{:?} <- {:?}", self.now, input_summary(&i)));
-                self.engine.handle(self.now, i);
+                self.handle(i);
             }
         }
     }
@@ -769,9 +785,12 @@ fn breaker_opens_blocks_and_probes() {
     // Recovery: the probe succeeds and the breaker closes; everything is delivered.
     w.servers.insert(ip(50), Server::default());
     w.run_for(30 * MIN);
+    // Closed, with nothing counted: the idle destination may already be forgotten.
     assert_eq!(
-        w.engine.breaker("down.test", w.now).map(|b| b.state),
-        Some("closed".into())
+        w.engine
+            .breaker("down.test", w.now)
+            .map_or("closed".into(), |b| b.state),
+        "closed"
     );
     for i in 0..8 {
         w.assert_status(&format!("u{i}@down.test"), RecipientStatus::Delivered);
@@ -1570,4 +1589,280 @@ fn shared_strings_are_released_with_their_messages() {
     assert!(!w.engine.names.is_empty());
     w.run_for(6 * MIN); // past the first spool scan
     assert!(w.engine.names.is_empty(), "{:?}", w.engine.names);
+}
+
+fn ip_of(n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 1, (n / 250) as u8, (n % 250) as u8 + 1))
+}
+
+/// A daemon that mailed many domains holds no entry for them once they are idle: no
+/// recipient, no connection, an expired route, a closed breaker with nothing counted.
+#[test]
+fn idle_destinations_are_forgotten() {
+    let mut w = World::new();
+    let n = 300;
+    for i in 0..n {
+        let (domain, mx) = (format!("d{i}.test"), format!("mx.d{i}.test"));
+        w.add_domain(&domain, &[(10, &mx, ip_of(i))], Server::default());
+        w.submit_to(&[&format!("u{i}@{domain}")]);
+    }
+    w.run_for(MIN);
+    assert_eq!(w.delivered.len(), n, "{:#?}", w.log);
+    assert_eq!(w.engine.pending_recipients(), 0);
+    // Their routes are still cached (and reused by a recipient that comes now).
+    assert_eq!(w.engine.destinations(), n);
+    w.run_until(T0.plus(5 * MIN).minus(Duration::from_secs(1)));
+    assert_eq!(w.engine.destinations(), n);
+    // The first spool scan, as the routes expire (DNS TTL 5 min).
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.engine.destinations(), 0);
+    assert!(
+        w.engine
+            .timers
+            .iter()
+            .all(|(_, t)| !matches!(t, Timer::Dest(_)))
+    );
+    // A domain mailed again starts afresh and is delivered as before.
+    w.submit_to(&["again@d7.test"]);
+    w.run_for(MIN);
+    w.assert_status("again@d7.test", RecipientStatus::Delivered);
+    assert_eq!(w.engine.destinations(), 1);
+}
+
+/// A breaker that is open or half-open, or closed with failures counted, holds state the
+/// next decision needs: its destination is kept, with no recipient left, until a success
+/// closes it.
+#[test]
+fn a_destination_with_breaker_state_is_kept_until_it_closes() {
+    let cfg = Config {
+        // The recipients give up (expire) while the breaker is still open.
+        max_age: 2 * MIN,
+        ..Config::default()
+    };
+    let mut w = World::with_config(cfg, 5)
+        .with_domain(
+            "down.test",
+            &[(10, "mx.down.test", ip(50))],
+            Server::default(),
+        )
+        .with_server(ip(50), Server::refusing())
+        .with_domain(
+            "flaky.test",
+            &[(10, "mx.flaky.test", ip(51))],
+            Server::default(),
+        )
+        .with_server(ip(51), Server::refusing());
+    for i in 0..5 {
+        w.submit_to(&[&format!("u{i}@down.test")]);
+    }
+    w.submit_to(&["a@flaky.test"]);
+    w.run_for(Duration::from_secs(5));
+    let state = |w: &World, d: &str| w.engine.breaker(d, w.now).map(|b| b.state);
+    assert_eq!(state(&w, "down.test"), Some("open".into()), "{:#?}", w.log);
+    assert_eq!(
+        w.engine
+            .breaker("flaky.test", w.now)
+            .map(|b| (b.state, b.consecutive_failures)),
+        Some(("closed".into(), 1))
+    );
+    w.run_for(3 * MIN);
+    assert_eq!(w.engine.pending_recipients(), 0, "every recipient expired");
+    // Hours later, with no mail for them: both still there, the open breaker now half-open
+    // (its next connection is the one probe), the flaky one still counting one failure.
+    w.run_for(180 * MIN);
+    assert_eq!(w.engine.destinations(), 2);
+    assert_eq!(state(&w, "down.test"), Some("half_open".into()));
+    let listed: Vec<String> = w
+        .engine
+        .breakers(w.now)
+        .into_iter()
+        .map(|b| b.domain)
+        .collect();
+    assert_eq!(listed, ["down.test", "flaky.test"]);
+    // The destinations recover: the probe and the next attempt succeed and close both
+    // breakers; once idle, the destinations are forgotten.
+    w.servers.insert(ip(50), Server::default());
+    w.servers.insert(ip(51), Server::default());
+    w.submit_to(&["back@down.test", "back@flaky.test"]);
+    w.run_for(MIN);
+    w.assert_status("back@down.test", RecipientStatus::Delivered);
+    w.assert_status("back@flaky.test", RecipientStatus::Delivered);
+    assert_eq!(state(&w, "down.test"), Some("closed".into()));
+    assert!(
+        w.engine.breakers(w.now).is_empty(),
+        "nothing counted any more"
+    );
+    w.run_for(15 * MIN);
+    assert_eq!(w.engine.destinations(), 0);
+}
+
+/// A world that revisits its domains over a few hours: deliveries, a rate-limited
+/// domain, a domain whose breaker opens and later closes, NXDOMAIN and SERVFAIL, an
+/// operator forcing a breaker. Returns the log, the destinations held at the end, and
+/// how many entries were forgotten eagerly.
+fn revisiting_world(seed: u64, forgetting: Forgetting) -> (Vec<String>, Vec<String>, usize) {
+    let mut cfg = Config::default();
+    cfg.domains.insert(
+        "slow.test".into(),
+        crate::config::DomainPolicy {
+            messages_per_minute: Some(2),
+            ..Default::default()
+        },
+    );
+    let mut w = World::with_config(cfg, seed)
+        .with_domain(
+            "slow.test",
+            &[(10, "mx.slow.test", ip(70))],
+            Server::default(),
+        )
+        .with_domain(
+            "down.test",
+            &[(10, "mx1.down.test", ip(71)), (10, "mx2.down.test", ip(72))],
+            Server::refusing(),
+        )
+        .with_domain(
+            "busy.test",
+            &[(10, "mx.busy.test", ip(73))],
+            Server::default().greeting("421 4.3.2 too busy"),
+        );
+    w.mx.insert("gone.test".into(), Err(DnsError::NxDomain));
+    w.mx.insert("flaky.test".into(), Err(DnsError::ServFail));
+    w.forget_eagerly = forgetting == Forgetting::Eager;
+    w.engine.never_forget_destinations = forgetting == Forgetting::Never;
+    for round in 0..6u32 {
+        if round == 3 {
+            // The down domain comes back: its next probe closes the breaker.
+            w.servers.insert(ip(71), Server::default());
+            w.servers.insert(ip(72), Server::default());
+            w.servers.insert(ip(73), Server::default());
+        }
+        if round == 4 {
+            w.force_breaker(
+                RequestId(500),
+                "slow.test",
+                crate::io::ForcedBreakerState::Open,
+            );
+        }
+        if round == 5 {
+            w.force_breaker(
+                RequestId(501),
+                "slow.test",
+                crate::io::ForcedBreakerState::Closed,
+            );
+        }
+        for i in 0..4 {
+            w.submit_to(&[
+                &format!("r{round}x{i}@slow.test"),
+                &format!("r{round}x{i}@example.org"),
+            ]);
+        }
+        w.submit_to(&[
+            &format!("r{round}@down.test"),
+            &format!("r{round}@busy.test"),
+        ]);
+        w.submit_to(&[
+            &format!("r{round}@gone.test"),
+            &format!("r{round}@flaky.test"),
+        ]);
+        // Long enough between rounds for routes to expire and entries to be forgotten;
+        // a tick every minute (in both runs) gives eager forgetting moments between the
+        // engine's sweeps, and rounds out of step with the sweeps.
+        for _ in 0..23 {
+            w.run_for(MIN);
+        }
+    }
+    w.run_for(8 * 60 * MIN);
+    let left = w.engine.dests.keys().cloned().collect();
+    (w.log, left, w.forgotten)
+}
+
+/// The first line where two runs differ, if any.
+#[track_caller]
+fn assert_same_log(a: &[String], b: &[String]) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x, y, "runs diverge at line {i}");
+    }
+    assert_eq!(a.len(), b.len(), "one run is longer");
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forgetting {
+    /// The engine as it is: idle destinations go at its periodic sweeps.
+    Sweep,
+    /// Also after every input, as soon as a destination may go.
+    Eager,
+    /// Never (the engine before destinations were forgotten).
+    Never,
+}
+
+/// Forgetting a destination is invisible: an engine that forgets idle destinations at
+/// its sweeps, one that forgets each at the first moment it may, and one that never
+/// forgets give the same outputs for the same inputs. And the same seed gives the same run.
+#[test]
+fn forgetting_destinations_is_invisible_and_deterministic() {
+    let (swept, left, _) = revisiting_world(11, Forgetting::Sweep);
+    let (eager, eager_left, forgotten) = revisiting_world(11, Forgetting::Eager);
+    let (kept, kept_left, _) = revisiting_world(11, Forgetting::Never);
+    assert!(
+        forgotten >= 15,
+        "the scenario forgets and recreates: {forgotten}"
+    );
+    assert_same_log(&swept, &eager);
+    assert_same_log(&swept, &kept);
+    // SERVFAIL for ever: its breaker stays open; every other destination is idle.
+    assert_eq!(left, ["flaky.test"]);
+    assert_eq!(eager_left, left);
+    assert_eq!(kept_left.len(), 6, "{kept_left:?}");
+    assert_eq!(
+        revisiting_world(11, Forgetting::Sweep).0,
+        swept,
+        "same seed, same run"
+    );
+}
+
+/// The message-rate window outlives the route: a destination whose last connection
+/// closed after its route expired, with transactions in the last minute, is kept until
+/// the minute is over, so that the next message still waits its turn.
+#[test]
+fn a_destination_is_kept_while_its_rate_window_counts() {
+    fn run(forgetting: Forgetting) -> (Vec<String>, Vec<Time>) {
+        let mut cfg = Config::default();
+        cfg.domains.insert(
+            "slow.test".into(),
+            crate::config::DomainPolicy {
+                messages_per_minute: Some(2),
+                ..Default::default()
+            },
+        );
+        let mut w = World::with_config(cfg, 3).with_domain(
+            "slow.test",
+            &[(10, "mx.slow.test", ip(80))],
+            Server::default(),
+        );
+        w.forget_eagerly = forgetting == Forgetting::Eager;
+        w.engine.never_forget_destinations = forgetting == Forgetting::Never;
+        let secs = Duration::from_secs;
+        w.submit_to(&["a@slow.test"]); // resolves the route: cached until T0 + 5 min
+        // Two messages just before the route expires, on a connection that closes (idle)
+        // just after it expired.
+        w.run_until(T0.plus(4 * MIN + secs(58)));
+        w.submit_to(&["b@slow.test"]);
+        w.submit_to(&["c@slow.test"]);
+        w.run_until(T0.plus(5 * MIN + secs(10)));
+        assert!(w.engine.conns.is_empty());
+        w.submit_to(&["d@slow.test"]);
+        w.run_for(2 * MIN);
+        let starts = w.attempts().iter().map(|a| a.started_at).collect();
+        (w.log, starts)
+    }
+    let (kept, starts) = run(Forgetting::Never);
+    let secs = Duration::from_secs;
+    assert_eq!(starts.len(), 4);
+    assert_eq!(
+        starts[3],
+        T0.plus(5 * MIN + secs(58)),
+        "d waits for the minute of b and c"
+    );
+    let (eager, _) = run(Forgetting::Eager);
+    assert_same_log(&kept, &eager);
 }
