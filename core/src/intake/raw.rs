@@ -248,33 +248,27 @@ fn check_header_section(message: &[u8]) -> Result<(), SubmitError> {
 /// validated by `check_header_section`.
 fn without_bcc(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len());
-    let mut in_headers = true;
     let mut skipping = false;
     let mut rest = message;
     while !rest.is_empty() {
-        if !in_headers {
-            // The body, as it is.
-            out.extend_from_slice(rest);
-            break;
-        }
         let len = memchr::memmem::find(rest, b"\r\n").map_or(rest.len(), |i| i + 2);
         let (line, tail) = rest.split_at(len);
         rest = tail;
-        if in_headers {
-            let content = line.strip_suffix(b"\r\n").unwrap_or(line);
-            if content.is_empty() {
-                in_headers = false;
-                skipping = false;
-            } else if content[0] == b' ' || content[0] == b'\t' {
-                if skipping {
-                    continue;
-                }
-            } else {
-                let name = content.split(|&b| b == b':').next().unwrap_or_default();
-                skipping = name.trim_ascii_end().eq_ignore_ascii_case(b"bcc");
-                if skipping {
-                    continue;
-                }
+        let content = line.strip_suffix(b"\r\n").unwrap_or(line);
+        if content.is_empty() {
+            // The end of the header section: the body goes as it is.
+            out.extend_from_slice(line);
+            out.extend_from_slice(rest);
+            break;
+        } else if content[0] == b' ' || content[0] == b'\t' {
+            if skipping {
+                continue;
+            }
+        } else {
+            let name = content.split(|&b| b == b':').next().unwrap_or_default();
+            skipping = name.trim_ascii_end().eq_ignore_ascii_case(b"bcc");
+            if skipping {
+                continue;
             }
         }
         out.extend_from_slice(line);

@@ -33,7 +33,7 @@ use rusqlite::{Connection, OpenFlags};
 #[allow(unused_imports)]
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 #[allow(unused_imports)]
-pub use spool::{ReaderGuard, open_for_sending, spool_path};
+pub use spool::{open_for_sending, spool_path};
 pub use writer::{Completions, WriterHandle};
 
 /// How long a connection waits for a lock held by another connection.

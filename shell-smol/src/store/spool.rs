@@ -35,7 +35,7 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// A spool file written under its name, not yet synced: [`stage`], then the file and its
+/// A spool file written under its name, not yet synced: [`Recycler::stage`], then the file and its
 /// directory are synced (side by side with the rest of the group, see [`concurrently`]),
 /// then the row that names it may commit. A new file is created under its final name
 /// (no temp name): until its row commits, a file is named by nothing, and one a crash
@@ -47,28 +47,6 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 pub struct Staged {
     pub path: PathBuf,
     pub dir: PathBuf,
-}
-
-/// Step 1 of a group write: the file, written but not synced (returned to be synced).
-/// A free file from `recycler`, if it has one, is written and then renamed into place
-/// rather than a new one created (written first, so that the file appears under its name
-/// with its bytes and a fresh modification time, which the orphan clean-up goes by).
-pub fn stage(
-    data_dir: &Path,
-    id: MessageId,
-    bytes: &[u8],
-    recycler: &mut Recycler,
-) -> io::Result<(Staged, fs::File)> {
-    let path = spool_path(data_dir, id);
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("spool path has no parent"))?
-        .to_path_buf();
-    let file = match recycler.take() {
-        Some((free, file)) => place(file, &free, &path, &dir, data_dir, bytes)?,
-        None => create(&path, &dir, data_dir, bytes)?,
-    };
-    Ok((Staged { path, dir }, file))
 }
 
 /// A new file at `path` with `bytes`.
@@ -191,6 +169,7 @@ pub fn open_for_sending(path: &Path) -> io::Result<(fs::File, ReaderGuard)> {
 /// one end only, so a name in `free/` might still be a live message's; unlinking that
 /// name leaves the message's own name and bytes alone).
 pub struct Recycler {
+    data_dir: PathBuf,
     dir: PathBuf,
     free: Vec<u32>,
     next: u32,
@@ -209,10 +188,28 @@ impl Recycler {
             tracing::warn!(error = %e, "no spool free list: every new message gets a new file");
         }
         Recycler {
+            data_dir: data_dir.to_path_buf(),
             dir,
             free: Vec::new(),
             next: 0,
         }
+    }
+
+    /// Step 1 of a group write: the file, written but not synced (returned to be synced).
+    /// A free file, if there is one, is written and then renamed into place rather than a
+    /// new one created (written first, so that the file appears under its name with its
+    /// bytes and a fresh modification time, which the orphan clean-up goes by).
+    pub fn stage(&mut self, id: MessageId, bytes: &[u8]) -> io::Result<(Staged, fs::File)> {
+        let path = spool_path(&self.data_dir, id);
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::other("spool path has no parent"))?
+            .to_path_buf();
+        let file = match self.take() {
+            Some((free, file)) => place(file, &free, &path, &dir, &self.data_dir, bytes)?,
+            None => create(&path, &dir, &self.data_dir, bytes)?,
+        };
+        Ok((Staged { path, dir }, file))
     }
 
     fn free_path(&self, n: u32) -> PathBuf {
@@ -269,9 +266,9 @@ impl Recycler {
     }
 
     /// Releases the spool files of finished messages (missing ones are fine).
-    pub fn release_all(&mut self, data_dir: &Path, ids: &[MessageId]) {
+    pub fn release_all(&mut self, ids: &[MessageId]) {
         for &id in ids {
-            match self.release(&spool_path(data_dir, id)) {
+            match self.release(&spool_path(&self.data_dir, id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {

@@ -522,7 +522,6 @@ fn commit_group_applies_one_transaction_with_savepoints() {
         .read(|conn| {
             Ok(writer::commit_group(
                 conn,
-                dir.path(),
                 &mut spool::Recycler::open(dir.path()),
                 vec![
                     (BatchId(1), vec![insert(message(a, 1, &["x@d.example"]))]),
@@ -736,7 +735,6 @@ fn commit_group_isolates_a_constraint_failure_between_good_batches() {
         .read(|conn| {
             Ok(writer::commit_group(
                 conn,
-                dir.path(),
                 &mut spool::Recycler::open(dir.path()),
                 vec![
                     (
@@ -878,7 +876,7 @@ fn cached_statements_are_not_prepared_again_when_their_parameters_change() {
 /// (Its shard directory made first, as on a spool in use: every shard exists.)
 fn stage_synced(dir: &std::path::Path, id: MessageId, bytes: &[u8], r: &mut spool::Recycler) {
     std::fs::create_dir_all(spool_path(dir, id).parent().unwrap()).unwrap();
-    let (_, file) = spool::stage(dir, id, bytes, r).unwrap();
+    let (_, file) = r.stage(id, bytes).unwrap();
     file.sync_all().unwrap();
 }
 
@@ -895,24 +893,24 @@ fn a_finished_messages_spool_file_holds_the_next_message_with_only_its_bytes() {
     let (a, b) = (msg_id(1, T0), msg_id(2, T0));
     stage_synced(dir.path(), a, &[b'a'; 5000], &mut r);
     let reused = inode(&spool_path(dir.path(), a));
-    r.release_all(dir.path(), &[a]);
+    r.release_all(&[a]);
     assert!(!spool_path(dir.path(), a).exists());
     stage_synced(dir.path(), b, b"short", &mut r);
     // The same inode, renamed into place: no allocation; none of a's bytes left in it.
     assert_eq!(inode(&spool_path(dir.path(), b)), reused);
     assert_eq!(std::fs::read(spool_path(dir.path(), b)).unwrap(), b"short");
     // Into a shard directory that does not exist yet: made, and the file still reused.
-    r.release_all(dir.path(), &[b]);
+    r.release_all(&[b]);
     let c = (3..)
         .map(|n| msg_id(n, T0))
         .find(|c| !spool_path(dir.path(), *c).parent().unwrap().exists())
         .unwrap();
-    let (_, file) = spool::stage(dir.path(), c, b"c", &mut r).unwrap();
+    let (_, file) = r.stage(c, b"c").unwrap();
     file.sync_all().unwrap();
     assert_eq!(inode(&spool_path(dir.path(), c)), reused);
     assert_eq!(std::fs::read(spool_path(dir.path(), c)).unwrap(), b"c");
     // The orphan scan sees messages only, not free files.
-    r.release_all(dir.path(), &[c]);
+    r.release_all(&[c]);
     let store = Store::open(dir.path()).unwrap();
     assert!(store.scan_spool().0.unwrap().is_empty());
 }
@@ -926,7 +924,7 @@ fn a_spool_file_being_sent_is_unlinked_not_reused() {
     stage_synced(dir.path(), a, b"message a", &mut r);
     let (mut reading, guard) = open_for_sending(&spool_path(dir.path(), a)).unwrap();
     let old = inode(&spool_path(dir.path(), a));
-    r.release_all(dir.path(), &[a]);
+    r.release_all(&[a]);
     stage_synced(dir.path(), b, b"message b", &mut r);
     assert_ne!(inode(&spool_path(dir.path(), b)), old);
     // The connection still reads a's bytes, whole.
@@ -936,12 +934,12 @@ fn a_spool_file_being_sent_is_unlinked_not_reused() {
     drop(guard);
     // Once nobody reads b, its file is recycled again.
     let b_inode = inode(&spool_path(dir.path(), b));
-    r.release_all(dir.path(), &[b]);
+    r.release_all(&[b]);
     let c = msg_id(3, T0);
     stage_synced(dir.path(), c, b"c", &mut r);
     assert_eq!(inode(&spool_path(dir.path(), c)), b_inode);
     // Gone before a connection opens it: the open fails as after an unlink.
-    r.release_all(dir.path(), &[c]);
+    r.release_all(&[c]);
     let err = open_for_sending(&spool_path(dir.path(), c)).err().unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
 }
@@ -954,7 +952,7 @@ fn the_free_list_starts_empty_after_a_restart() {
     {
         let mut r = spool::Recycler::open(dir.path());
         stage_synced(dir.path(), a, b"a", &mut r);
-        r.release_all(dir.path(), &[a]);
+        r.release_all(&[a]);
     }
     let free = dir.path().join("spool/free");
     assert_eq!(std::fs::read_dir(&free).unwrap().count(), 1);

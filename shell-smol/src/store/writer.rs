@@ -131,7 +131,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
     let delete = |ids: &mut Vec<MessageId>, recycler: &mut spool::Recycler| {
         if !ids.is_empty() {
             // Errors are logged per file; nothing else to do about them here.
-            recycler.release_all(data_dir, ids);
+            recycler.release_all(ids);
             ids.clear();
         }
     };
@@ -160,7 +160,7 @@ fn run(db_path: &Path, data_dir: &Path, rx: &mpsc::Receiver<Cmd>, done: &Done) {
         if !batches.is_empty() {
             let started = std::time::Instant::now();
             let results = match conn.as_mut() {
-                Some(conn) => commit_group(conn, data_dir, &mut recycler, batches),
+                Some(conn) => commit_group(conn, &mut recycler, batches),
                 None => batches
                     .into_iter()
                     .map(|(id, _)| (id, Err("store is not open".to_string())))
@@ -224,7 +224,6 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Applies a group of batches in one transaction; returns each batch's result in order.
 pub(super) fn commit_group(
     conn: &mut Connection,
-    data_dir: &Path,
     recycler: &mut spool::Recycler,
     batches: Vec<(BatchId, Vec<StoreOp>)>,
 ) -> Vec<(BatchId, Result<(), String>)> {
@@ -252,16 +251,7 @@ pub(super) fn commit_group(
             .any(|op| matches!(op, StoreOp::InsertMessage { .. }))
     }) && exec_cached(conn, "BEGIN").is_ok();
     for (i, p) in pending.iter_mut().enumerate() {
-        stage_spools(
-            conn,
-            data_dir,
-            recycler,
-            p,
-            i,
-            &mut staged,
-            &mut files,
-            &mut seen,
-        );
+        stage_spools(conn, recycler, p, i, &mut staged, &mut files, &mut seen);
     }
     if read_txn {
         let _ = exec_cached(conn, "COMMIT");
@@ -373,10 +363,8 @@ fn apply_group(
 }
 
 /// Writes (unsynced) the spool files of the batch's new messages.
-#[allow(clippy::too_many_arguments)]
 fn stage_spools(
     conn: &Connection,
-    data_dir: &Path,
     recycler: &mut spool::Recycler,
     p: &mut Pending,
     batch: usize,
@@ -405,7 +393,7 @@ fn stage_spools(
         if !seen.insert(message.id) {
             continue;
         }
-        match spool::stage(data_dir, message.id, spool, recycler) {
+        match recycler.stage(message.id, spool) {
             Ok((s, file)) => {
                 staged.push((batch, s));
                 files.push(spool::SyncItem::File(file));
